@@ -1,0 +1,49 @@
+"""`--mode=eval`: the latest checkpoint of a workdir on the test set, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from mnist_jax import checkpoint, data as data_lib, metrics, train
+
+
+def evaluate_workdir(
+    workdir: str | Path, config: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
+    """Evaluates the workdir's latest checkpoint on the test split of `config.data` (default:
+    the data the run trained on) and writes eval_results.json."""
+    workdir = Path(workdir)
+    model, params, saved = checkpoint.restore_model(workdir)
+    data_config = (config or saved).data
+    train_split, test, source, location = data_lib.load_train_test(data_config)
+    engine = train.Engine(
+        model,
+        train.make_optimizer(saved.optimizer),
+        batch_size=1,
+        num_train=len(train_split),
+        max_steps_per_call=1,
+    )
+    m = engine.eval_split(params, engine.put_eval(test, saved.eval_batch_size))
+    result = {
+        "test": {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": len(test)},
+        "confusion_matrix": m["confusion_matrix"].tolist(),
+        "data_source": source,
+        "data_location": location,
+    }
+    logging.info(
+        "eval of %s: test log_loss %.4f accuracy %.2f%% (%d digits, %s)",
+        workdir,
+        m["log_loss"],
+        100 * m["accuracy"],
+        len(test),
+        source,
+    )
+    print(f"test accuracy {100 * m['accuracy']:.2f}% log_loss {m['log_loss']:.4f} ({source})")
+    if jax.process_index() == 0:
+        metrics.write_json(workdir / "eval_results.json", result)
+    return result

@@ -1,0 +1,71 @@
+"""Command line: `python -m mnist_jax.main --config=configs/dnn.py --workdir=runs/dnn`.
+
+Thin on purpose: flags in, `train.train_and_evaluate` (or evaluation of a saved run) out.
+A UserError becomes one line on stderr and exit status 1; a SIGTERM/SIGINT after its checkpoint
+is saved exits with 128+signal. `--verbosity=1` (or higher) shows tracebacks too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mnist_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and resume) or eval only.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir even if its config.json differs."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging.logging.Filter):
+    """Keeps orbax's and jax's INFO chatter (dozens of lines per checkpoint) out of the run log;
+    their warnings and errors still pass. `--verbosity=1` shows everything."""
+
+    def filter(self, record) -> bool:
+        noisy = "/orbax/" in record.pathname or "/jax/_src/" in record.pathname
+        return not noisy or record.levelno >= logging.logging.WARNING
+
+
+def run(argv: list[str]) -> int:
+    """Runs the requested mode; returns the process exit status."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if logging.get_verbosity() < logging.DEBUG:
+        logging.get_absl_handler().addFilter(_QuietLibraries())
+    from mnist_jax import evaluate, train  # Imported after flags parse: jax starts here.
+
+    if _MODE.value == "eval":
+        evaluate.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
+    else:
+        train.train_and_evaluate(
+            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
+        )
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    from mnist_jax.train import Interrupted
+
+    try:
+        sys.exit(run(argv))
+    except UserError as e:
+        if logging.get_verbosity() >= logging.DEBUG:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:
+        logging.warning("%s", e)
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+    app.run(main)
