@@ -32,6 +32,7 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+                item_handlers=ocp.StandardCheckpointHandler(),
             )
         except OSError as e:
             raise UserError(f"cannot create checkpoint directory {self.directory}: {e}") from None
@@ -70,7 +71,9 @@ class Checkpointer:
         try:
             metadata = self._manager.item_metadata(step)
         except Exception as e:  # Orbax raises many types for unreadable metadata.
-            raise UserError(f"checkpoint {where} is unreadable ({_short(e)}); {_advice()}") from None
+            raise UserError(
+                f"checkpoint {where} is unreadable ({_short(e)}); {_advice()}"
+            ) from None
         _check_shapes(metadata, abstract_state, where)
         try:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
@@ -117,8 +120,16 @@ def _check_shapes(metadata: Any, abstract_state: Any, where: Path) -> None:
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'opt_state/count': (), ...}: paths spelled the same for dataclasses and saved dicts."""
+
+    def name(k) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+    return {"/".join(map(name, p)): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
 def restore_model(workdir: str | os.PathLike, step: int | None = None):

@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import re
 import struct
 import tempfile
 import urllib.error
@@ -30,10 +31,18 @@ SOURCES = ("auto", "mnist", "idx", "csv", "tfds", "sample")
 
 # The four original files and the SHA-256 of each .gz as distributed.
 MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+    ),
 }
 MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -114,6 +123,14 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes a uint8 array as an IDX file (gzipped if the name ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x800 | array.ndim
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+    Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
+
+
 def _find(directory: Path, stem: str) -> Path:
     """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`)."""
     names = [stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")]
@@ -173,13 +190,23 @@ def mnist_search_dirs(data_dir: str = "") -> list[Path]:
     return [*dirs, Path(cache).expanduser() / "mnist_jax"]
 
 
-def download_mnist(directory: Path, mirrors: tuple[str, ...] = MNIST_MIRRORS) -> None:
+def mnist_mirrors() -> tuple[str, ...]:
+    """Download mirrors: $MNIST_JAX_MIRRORS (comma-separated URL prefixes) or the defaults."""
+    env = os.environ.get("MNIST_JAX_MIRRORS", "")
+    return tuple(m if m.endswith("/") else m + "/" for m in env.split(",") if m) or MNIST_MIRRORS
+
+
+def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> None:
     """Downloads the four IDX files into `directory`, verifying each SHA-256.
 
     Fails within about DOWNLOAD_TIMEOUT_S per mirror when offline. Files are written under a
     temporary name and renamed only once verified, so a failed download leaves nothing behind.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    mirrors = mnist_mirrors() if mirrors is None else mirrors
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {directory} for the MNIST download: {e.strerror}") from None
     for name, sha256 in MNIST_FILES.items():
         target = directory / name
         if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
@@ -248,7 +275,12 @@ def read_csv(path: str | os.PathLike, label_column: int = 0) -> Split:
     try:
         rows = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as e:
-        raise UserError(f"{path}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        changed = re.match(r"the number of columns changed from (\d+) to (\d+) at row (\d+)", msg)
+        if changed:
+            first, now, row = changed.groups()
+            msg = f"row {row} has {now} columns but row 1 has {first} (expected 785)"
+        raise UserError(f"{path}: {msg}") from None
     if rows.shape[1] != NUM_PIXELS + 1:
         raise UserError(
             f"{path}: rows have {rows.shape[1]} columns, expected {NUM_PIXELS + 1} "
@@ -310,7 +342,7 @@ def load_tfds(name: str, data_dir: str = "") -> tuple[Split, Split]:
     if not builder.is_prepared():
         manual = Path(data_dir).expanduser() if data_dir else None
         if manual is None:
-            _check_online(MNIST_MIRRORS[0])
+            _check_online(mnist_mirrors()[0])
         config = tfds.download.DownloadConfig(manual_dir=str(manual) if manual else None)
         builder.download_and_prepare(download_config=config)
     splits = []
@@ -337,9 +369,7 @@ def _check_online(url: str) -> None:
 # ----------------------------------------------------------------------------- assembly
 
 
-def split_validation(
-    train: Split, validation_size: float, key: jax.Array
-) -> tuple[Split, Split]:
+def split_validation(train: Split, validation_size: float, key: jax.Array) -> tuple[Split, Split]:
     """Shuffles `train` with `key` and holds out `validation_size` examples (a count, or a
     fraction of the training set when below 1)."""
     n = len(train)

@@ -7,6 +7,7 @@ is saved exits with 128+signal. `--verbosity=1` (or higher) shows tracebacks too
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -42,13 +43,46 @@ def run(argv: list[str]) -> int:
         logging.get_absl_handler().addFilter(_QuietLibraries())
     from mnist_jax import evaluate, train  # Imported after flags parse: jax starts here.
 
+    config = _CONFIG.value
     if _MODE.value == "eval":
-        evaluate.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
+        evaluate.evaluate_workdir(_WORKDIR.value, config)
     else:
-        train.train_and_evaluate(
-            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
-        )
+        train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
     return 0
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parse, with every failure (bad file, unknown field, bad type) as one line."""
+    try:
+        config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        if config_file and not os.path.isfile(config_file.split(":")[0]):
+            raise FileNotFoundError(config_file)
+        return flags.FLAGS(argv)
+    except Exception as e:
+        print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+    config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if isinstance(e, flags.Error):
+        return str(e).splitlines()[0]
+    if config_file and not os.path.isfile(config_file.split(":")[0]):
+        return f"config file {config_file} not found"
+    if isinstance(e, SyntaxError):
+        return f"cannot load config file {config_file}: {e.msg} (line {e.lineno})"
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+        return f"config file {config_file} has no get_config() function"
+    if isinstance(e, (AttributeError, KeyError)):
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        field = str(e).strip("\"'")
+        bad = [o for o in overrides if o.split(".")[-1] == field] or overrides
+        return (
+            f"unknown config field {', '.join(bad)}: {config_file} has no field {field!r}"
+            if bad
+            else f"{config_file}: {type(e).__name__}: {e}"
+        )
+    return f"cannot load config {config_file}: {type(e).__name__}: {e}".splitlines()[0]
 
 
 def main(argv: list[str]) -> None:
@@ -68,4 +102,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

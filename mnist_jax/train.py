@@ -31,8 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mnist_jax import checkpoint, config as config_lib, data as data_lib, metrics, models
 from mnist_jax.errors import UserError
@@ -72,7 +71,9 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
         if name == "adagrad":
             parts.append(
                 optax.adagrad(
-                    learning_rate, initial_accumulator_value=opt.initial_accumulator_value, eps=opt.eps
+                    learning_rate,
+                    initial_accumulator_value=opt.initial_accumulator_value,
+                    eps=opt.eps,
                 )
             )
         elif name == "sgd":
@@ -80,7 +81,9 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
         elif name == "adam":
             parts.append(optax.adam(learning_rate))
         else:
-            raise UserError(f"unknown optimizer.name {name!r}; choose one of {config_lib.OPTIMIZERS}")
+            raise UserError(
+                f"unknown optimizer.name {name!r}; choose one of {config_lib.OPTIMIZERS}"
+            )
         return optax.chain(*parts)
 
     return optax.inject_hyperparams(chain)(
@@ -176,9 +179,7 @@ class Engine:
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
-        self.init = jax.jit(
-            lambda seed: init_state(model, tx, seed), out_shardings=self.replicated
-        )
+        self.init = jax.jit(lambda seed: init_state(model, tx, seed), out_shardings=self.replicated)
 
     # -- data placement ------------------------------------------------------------------
 
@@ -308,7 +309,7 @@ def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
         )
     evals = [num_steps * (p + 1) // config.num_periods for p in range(config.num_periods)]
     every = config.checkpoint_every_steps
-    ckpts = list(range(every, num_steps, every)) + [num_steps] if every else list(evals)
+    ckpts = [*range(every, num_steps, every), num_steps] if every else list(evals)
     return Plan(num_steps, evals, ckpts, config.steps_per_call)
 
 
@@ -408,7 +409,10 @@ def train_and_evaluate(
         for name in ("train", "validation", "test")
     }
     writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard and is_main)
-    with checkpoint.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt, _StopSignal() as stop:
+    with (
+        checkpoint.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt,
+        _StopSignal() as stop,
+    ):
         state = engine.init(config.seed)
         restored = ckpt.restore(jax.eval_shape(lambda: state))
         if restored is not None:

@@ -1,0 +1,72 @@
+"""Shared fixtures: small real-MNIST data written in the formats the loaders read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_jax import config as config_lib, data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(monkeypatch, tmp_path_factory):
+    """No test downloads anything or reads the user's cache; full MNIST only where asked."""
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", "http://127.0.0.1:9/")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def sample() -> data.Split:
+    return data.load_sample()
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory, sample) -> Path:
+    """1,200 train and 300 test digits from the real sample, as gzipped IDX files."""
+    d = tmp_path_factory.mktemp("idx")
+    order = np.random.default_rng(0).permutation(len(sample))
+    train, test = order[:1200], order[1200:1500]
+    for prefix, idx in (("train", train), ("t10k", test)):
+        images = sample.images[idx].reshape(-1, 28, 28)
+        data.write_idx(d / f"{prefix}-images-idx3-ubyte.gz", images)
+        data.write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", sample.labels[idx])
+    return d
+
+
+def small_config(idx_dir: Path, name: str = "dnn", **overrides):
+    """A config file from configs/, shrunk to train in about a second on `idx_dir`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.source = "idx"
+    c.data.dir = str(idx_dir)
+    c.data.validation_size = 200.0
+    c.num_steps, c.num_epochs, c.num_periods = 60, 0.0, 3
+    c.batch_size = 20
+    c.tensorboard = False
+    for key, value in overrides.items():
+        target = c
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    config_lib.validate(c)
+    return c
+
+
+# Read before the autouse fixture hides it from the tests that must not see it.
+_FULL_MNIST = os.environ.get("MNIST_JAX_DATA_DIR", "")
+
+
+def full_mnist_dir() -> str | None:
+    """$MNIST_JAX_DATA_DIR when it holds full MNIST (.ci/run sets it), else None."""
+    return _FULL_MNIST if _FULL_MNIST and data.has_idx_files(_FULL_MNIST) else None
