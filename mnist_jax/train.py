@@ -420,6 +420,10 @@ def train_and_evaluate(
             logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
             writer.truncate_after(int(state.step))
         start_step = int(state.step)
+        done = workdir / "results.json"
+        if start_step == plan.num_steps and done.exists() and "final" in metrics.read_json(done):
+            logging.info("%s already finished %d steps; nothing to do", workdir, start_step)
+            return metrics.read_json(done)
         if start_step > plan.num_steps:
             raise UserError(
                 f"{workdir} already trained {start_step} steps, more than num_steps="
