@@ -26,7 +26,6 @@ def evaluate_workdir(
         train.make_optimizer(saved.optimizer),
         batch_size=1,
         num_train=len(train_split),
-        max_steps_per_call=1,
     )
     m = engine.eval_split(params, engine.put_eval(test, saved.eval_batch_size))
     result = {

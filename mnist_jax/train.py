@@ -156,7 +156,6 @@ class Engine:
         *,
         batch_size: int,
         num_train: int,
-        max_steps_per_call: int,
         mesh: Mesh | None = None,
     ):
         self.model, self.tx = model, tx
@@ -173,8 +172,6 @@ class Engine:
         self.batch_size = batch_size
         self.num_train = num_train
         self.steps_per_epoch = num_train // batch_size
-        # Epochs one call can touch: each call draws their permutations once, up front.
-        self.epochs_per_call = (max(max_steps_per_call, 1) - 1) // self.steps_per_epoch + 2
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
@@ -203,30 +200,46 @@ class Engine:
     # -- pure functions ------------------------------------------------------------------
 
     def _train_chunk(
-        self, state: TrainState, images: jax.Array, labels: jax.Array, num_steps: jax.Array
+        self,
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        first_step: jax.Array,
+        num_steps: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Runs `num_steps` train steps on device; returns the state and chunk statistics:
-        the summed batch losses and the first step whose loss was not finite (-1: none)."""
+        """Runs steps `first_step` (== state.step) .. `first_step + num_steps - 1` on device.
+
+        An outer loop visits each epoch the chunk touches and draws that epoch's permutation
+        once; the inner loop takes consecutive batches of it. `first_step` is passed apart from
+        `state.step` so that the loop bounds stay unbatched when a sweep vmaps the state.
+        Returns the state and the chunk's statistics: the summed batch losses and the first
+        step whose loss was not finite (-1: none).
+        """
         spe, bs = self.steps_per_epoch, self.batch_size
-        first_epoch = state.step // spe
+        end = first_step + num_steps
         shuffle_key = jax.random.fold_in(state.rng, SHUFFLE)
-        epochs = first_epoch + jnp.arange(self.epochs_per_call)
-        perms = jax.vmap(
-            lambda e: jax.random.permutation(jax.random.fold_in(shuffle_key, e), self.num_train)
-        )(epochs)
 
-        def body(_, carry):
-            state, loss_sum, bad_step = carry
-            s = state.step
-            idx = jax.lax.dynamic_slice(perms, (s // spe - first_epoch, (s % spe) * bs), (1, bs))
-            idx = jax.lax.with_sharding_constraint(idx[0], self.batch_sharding)
-            x, y = images[idx], labels[idx]
-            state, loss = train_step(state, x, y, model=self.model, tx=self.tx)
-            bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), s, bad_step)
-            return state, loss_sum + loss, bad_step
+        def epoch_body(epoch, carry):
+            perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), self.num_train)
 
+            def step_body(step, carry):
+                state, loss_sum, bad_step = carry
+                idx = jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))
+                idx = jax.lax.with_sharding_constraint(idx, self.batch_sharding)
+                state, loss = train_step(
+                    state, images[idx], labels[idx], model=self.model, tx=self.tx
+                )
+                bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
+                return state, loss_sum + loss, bad_step
+
+            lo = jnp.maximum(first_step, epoch * spe)
+            hi = jnp.minimum(end, (epoch + 1) * spe)
+            return jax.lax.fori_loop(lo, hi, step_body, carry)
+
+        first_epoch = first_step // spe
+        last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
         init = (state, jnp.float32(0), jnp.int32(-1))
-        state, loss_sum, bad_step = jax.lax.fori_loop(0, num_steps, body, init)
+        state, loss_sum, bad_step = jax.lax.fori_loop(first_epoch, last_epoch, epoch_body, init)
         return state, {"loss_sum": loss_sum, "nonfinite_step": bad_step}
 
     def _evaluate(self, params: Any, images: jax.Array, labels: jax.Array, size: jax.Array):
@@ -291,10 +304,6 @@ class Plan:
                 out.append((s, n))
                 s += n
         return out
-
-    @property
-    def max_chunk(self) -> int:
-        return max([n for _, n in self.chunks(0)] or [1])
 
 
 def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
@@ -396,7 +405,6 @@ def train_and_evaluate(
         tx,
         batch_size=config.batch_size,
         num_train=len(dataset.train),
-        max_steps_per_call=plan.max_chunk,
         mesh=mesh,
     )
     if is_main:
@@ -431,7 +439,7 @@ def train_and_evaluate(
             )
 
         t0 = time.time()
-        compiled = engine.train_chunk.lower(state, train_images, train_labels, 0).compile()
+        compiled = engine.train_chunk.lower(state, train_images, train_labels, 0, 0).compile()
         compile_s = time.time() - t0
         logging.info(
             "model %s: %d parameters; %d steps of batch %d on %d device(s); compiled in %.2fs",
@@ -446,7 +454,7 @@ def train_and_evaluate(
         train_time, steps_timed = 0.0, 0
         for first, n in plan.chunks(start_step):
             t0 = time.time()
-            state, stats = compiled(state, train_images, train_labels, n)
+            state, stats = compiled(state, train_images, train_labels, first, n)
             bad = int(stats["nonfinite_step"])  # Also waits for the chunk to finish.
             elapsed = time.time() - t0
             train_time += elapsed
