@@ -23,6 +23,14 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and resume
 _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir even if its config.json differs."
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0, for a multi-process run by hand."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-based.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for all processes to join."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,7 +49,11 @@ def run(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if logging.get_verbosity() < logging.DEBUG:
         logging.get_absl_handler().addFilter(_QuietLibraries())
-    from mnist_jax import evaluate, train  # Imported after flags parse: jax starts here.
+    from mnist_jax import distributed, evaluate, train  # Imported after flags parse.
+
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
+    )
 
     config = _CONFIG.value
     if _MODE.value == "eval":

@@ -33,7 +33,14 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mnist_jax import checkpoint, config as config_lib, data as data_lib, metrics, models
+from mnist_jax import (
+    checkpoint,
+    config as config_lib,
+    data as data_lib,
+    distributed,
+    metrics,
+    models,
+)
 from mnist_jax.errors import UserError
 
 # Independent PRNG streams, all derived from config.seed.
@@ -473,11 +480,11 @@ def train_and_evaluate(
                 ckpt.save(step, state)
             if step in plan.eval_steps:
                 _log_period(engine, state, splits, writer, plan, step, stats, n, elapsed)
-            if stop.signum is not None:
+            if distributed.any_process(stop.signum is not None):
                 ckpt.save(step, state)
                 ckpt.wait()
                 writer.close()
-                raise Interrupted(stop.signum, step)
+                raise Interrupted(stop.signum or signal.SIGTERM, step)
         ckpt.save(plan.num_steps, state)
 
         final = {}
