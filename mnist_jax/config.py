@@ -29,6 +29,7 @@ RESUMABLE_FIELDS = frozenset(
         "checkpoint_every_steps",
         "checkpoints_to_keep",
         "tensorboard",
+        "plots",
         "data.dir",
         "data.train_file",
         "data.test_file",
@@ -49,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0: at the end of every period.
     c.checkpoints_to_keep = 3
     c.tensorboard = True
+    c.plots = True  # Write plots/ and report.md at the end (python -m mnist_jax.plot later).
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"

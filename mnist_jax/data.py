@@ -432,6 +432,18 @@ def _sample_train_test() -> tuple[Split, Split]:
     )
 
 
+def data_config_used(data_config, source: str, location: str):
+    """`config.data` of a finished run, pinned to the source it actually used (`auto` resolved,
+    MNIST read from the directory it was found in), so that evaluating or plotting it later
+    never silently falls back to other data."""
+    pinned = data_config.copy_and_resolve_references()
+    with pinned.unlocked():
+        pinned.source = source
+        if source in ("mnist", "idx") and location:
+            pinned.source, pinned.dir = "idx", location
+    return pinned
+
+
 def load_dataset(data_config, split_key: jax.Array) -> Dataset:
     """Loads `config.data` and splits validation off the training set with `split_key`."""
     train, test, source, location = load_train_test(data_config)

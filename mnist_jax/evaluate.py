@@ -7,9 +7,10 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from mnist_jax import checkpoint, data as data_lib, metrics, train
+from mnist_jax import checkpoint, config as config_lib, data as data_lib, metrics, train
 
 
 def evaluate_workdir(
@@ -19,7 +20,15 @@ def evaluate_workdir(
     the data the run trained on) and writes eval_results.json."""
     workdir = Path(workdir)
     model, params, saved = checkpoint.restore_model(workdir)
-    data_config = (config or saved).data
+    data_config = saved.data
+    results = workdir / "results.json"
+    if config is not None and config_lib.to_dict(config.data) != config_lib.to_dict(saved.data):
+        data_config = config.data  # The user asked for other data.
+    elif results.exists():
+        done = metrics.read_json(results)
+        data_config = data_lib.data_config_used(
+            saved.data, done["data_source"], done.get("data_location", "")
+        )
     train_split, test, source, location = data_lib.load_train_test(data_config)
     engine = train.Engine(
         model,
@@ -46,3 +55,11 @@ def evaluate_workdir(
     if jax.process_index() == 0:
         metrics.write_json(workdir / "eval_results.json", result)
     return result
+
+
+def predict_probs(model, params, images: np.ndarray, batch: int = 10_000) -> np.ndarray:
+    """Class probabilities (n, classes) for uint8 images (n, 784)."""
+    apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, train.scale_images(x))))
+    return np.concatenate(
+        [np.asarray(apply(params, images[i : i + batch])) for i in range(0, len(images), batch)]
+    )

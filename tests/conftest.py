@@ -53,6 +53,7 @@ def small_config(idx_dir: Path, name: str = "dnn", **overrides):
     c.num_steps, c.num_epochs, c.num_periods = 60, 0.0, 3
     c.batch_size = 20
     c.tensorboard = False
+    c.plots = False
     for key, value in overrides.items():
         target = c
         *path, last = key.split(".")

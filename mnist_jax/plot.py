@@ -1,0 +1,221 @@
+"""The classic notebooks' pictures, from any run directory, without a display.
+
+python -m mnist_jax.plot --workdir=runs/dnn                 # PNGs into runs/dnn/plots/ + report.md
+python -m mnist_jax.plot --compare runs/a runs/b --out=cmp.png   # overlay several runs' curves
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; never needs a display.
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import flags
+
+from mnist_jax import (
+    checkpoint,
+    cli,
+    config as config_lib,
+    data as data_lib,
+    evaluate,
+    metrics,
+)
+from mnist_jax.errors import UserError
+
+PLOTS_DIR = "plots"
+GRID = 25  # Digits shown in samples.png and mistakes.png.
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train and validation log-loss (left) and accuracy (right) against step."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, style in (("train", "-"), ("validation", "--")):
+        pts = [(r["step"], r["log_loss"], r["accuracy"]) for r in rows if r["split"] == split]
+        if not pts:
+            continue
+        steps, loss, acc = zip(*pts, strict=True)
+        ax_loss.plot(steps, loss, style, marker="o", ms=3, label=split)
+        ax_acc.plot(steps, 100 * np.asarray(acc, float), style, marker="o", ms=3, label=split)
+    ax_loss.set(xlabel="step", ylabel="log-loss", title="Log-loss vs step")
+    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="Accuracy vs step")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, path: Path) -> Path:
+    """Row-normalised confusion matrix: each row is one true digit and sums to 1."""
+    confusion = np.asarray(confusion, float)
+    normed = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(normed, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            color = "white" if normed[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{normed[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xlabel="predicted label",
+        ylabel="true label",
+        title="Confusion matrix (rows normalised)",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_first_layer(kernel: np.ndarray, path: Path, title: str, max_units: int = 100) -> Path:
+    """Each column of the first layer's kernel (784, units) as a 28x28 image."""
+    kernel = np.asarray(kernel)[:, :max_units]
+    units = kernel.shape[1]
+    cols = int(np.ceil(np.sqrt(units)))
+    rows = int(np.ceil(units / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < units:
+            w = kernel[:, k].reshape(28, 28)
+            lim = np.abs(w).max() or 1.0
+            ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
+            if units <= 10:
+                ax.set_title(str(k), fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_digits(images, labels, preds, probs, path: Path, title: str) -> Path:
+    """A grid of digits titled 'true t / pred p (prob)', wrong ones in red."""
+    n = len(images)
+    cols = 5
+    rows = max(int(np.ceil(n / cols)), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k].reshape(28, 28), cmap="gray_r")
+            color = "black" if labels[k] == preds[k] else "red"
+            ax.set_title(
+                f"true {labels[k]} / pred {preds[k]} ({probs[k]:.2f})", fontsize=8, color=color
+            )
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_workdir(workdir: str | Path) -> list[Path]:
+    """Writes every picture of one run into <workdir>/plots/, then report.md."""
+    workdir = Path(workdir)
+    rows = metrics.read_jsonl(workdir / metrics.METRICS_FILE)
+    if not rows:
+        raise UserError(f"{workdir} has no metrics.jsonl rows: train first")
+    results = metrics.read_json(workdir / "results.json")
+    if "final" not in results:
+        raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
+    model, params, config = checkpoint.restore_model(workdir)
+    out = workdir / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    written = [
+        plot_curves(rows, out / "loss.png", title=workdir.name),
+        plot_confusion(np.asarray(results["confusion_matrix"]), out / "confusion_matrix.png"),
+    ]
+    first = params[sorted(params)[0]]["kernel"]  # Dense_0: (784, units or classes).
+    what = "per class" if config.model.name == "linear" else "per hidden unit"
+    written.append(
+        plot_first_layer(first, out / "first_layer_weights.png", f"First-layer weights, {what}")
+    )
+    used = data_lib.data_config_used(
+        config.data, results["data_source"], results.get("data_location", "")
+    )
+    _, test, _, _ = data_lib.load_train_test(used)
+    probs = evaluate.predict_probs(model, params, test.images)
+    preds = probs.argmax(1)
+    conf = probs.max(1)
+    pick = np.asarray(jax.random.choice(jax.random.PRNGKey(0), len(test), (GRID,), replace=False))
+    written.append(
+        plot_digits(
+            test.images[pick],
+            test.labels[pick],
+            preds[pick],
+            conf[pick],
+            out / "samples.png",
+            "Random test digits",
+        )
+    )
+    wrong = np.flatnonzero(preds != test.labels)
+    worst = wrong[np.argsort(-conf[wrong])][:GRID]
+    written.append(
+        plot_digits(
+            test.images[worst],
+            test.labels[worst],
+            preds[worst],
+            conf[worst],
+            out / "mistakes.png",
+            f"The {len(worst)} most confidently wrong of {len(wrong)} mistakes",
+        )
+    )
+    from mnist_jax import report
+
+    written.append(report.write_report(workdir, config, results))
+    return written
+
+
+def compare(workdirs: list[str | Path], out: str | Path) -> Path:
+    """Overlays the validation curves of several runs, labelled by their differing fields."""
+    workdirs = [Path(w) for w in workdirs]
+    configs = [config_lib.flatten(metrics.read_json(w / "config.json")) for w in workdirs]
+    keys = sorted({k for c in configs for k in c if len({str(d.get(k)) for d in configs}) > 1})
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for w, c in zip(workdirs, configs, strict=True):
+        rows = [
+            r for r in metrics.read_jsonl(w / metrics.METRICS_FILE) if r["split"] == "validation"
+        ]
+        if not rows:
+            rows = [
+                r for r in metrics.read_jsonl(w / metrics.METRICS_FILE) if r["split"] == "train"
+            ]
+        label = ", ".join(f"{k}={c.get(k)}" for k in keys) or w.name
+        steps = [r["step"] for r in rows]
+        ax_loss.plot(steps, [r["log_loss"] for r in rows], marker="o", ms=3, label=label)
+        ax_acc.plot(steps, [100 * r["accuracy"] for r in rows], marker="o", ms=3, label=label)
+    ax_loss.set(xlabel="step", ylabel="validation log-loss")
+    ax_acc.set(xlabel="step", ylabel="validation accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Runs compared")
+    return _save(fig, Path(out))
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to plot.")
+_COMPARE = flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
+_OUT = flags.DEFINE_string("out", "compare.png", "Output file of --compare.")
+
+
+def main(argv: list[str]) -> None:
+    workdirs = list(_COMPARE.value or []) + argv[1:]  # --compare a b: b arrives as an argument.
+    if _COMPARE.value:
+        print(compare(workdirs, _OUT.value))
+    elif _WORKDIR.value:
+        for path in plot_workdir(_WORKDIR.value):
+            print(path)
+    else:
+        raise UserError("pass --workdir=RUN or --compare RUN RUN ...")
+
+
+if __name__ == "__main__":
+    cli.run(main)
