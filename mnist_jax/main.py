@@ -6,7 +6,7 @@ Thin on purpose: flags in, `train.train_and_evaluate` (or evaluation of a saved 
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mnist_jax import cli
@@ -47,10 +47,12 @@ def run(argv: list[str]) -> int:
         evaluate.evaluate_workdir(_WORKDIR.value, config)
     else:
         train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-        if config.plots and jax.process_index() == 0:
+        if config.plots and jax.process_count() == 1:
             from mnist_jax import plot
 
             plot.plot_workdir(_WORKDIR.value)
+        elif config.plots:  # Restoring for plots would wait on the other processes' orbax.
+            logging.info("multi-process run: plot it with python -m mnist_jax.plot --workdir=...")
     return 0
 
 

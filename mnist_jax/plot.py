@@ -201,21 +201,21 @@ def compare(workdirs: list[str | Path], out: str | Path) -> Path:
     return _save(fig, Path(out))
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to plot.")
-_COMPARE = flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
-_OUT = flags.DEFINE_string("out", "compare.png", "Output file of --compare.")
-
-
 def main(argv: list[str]) -> None:
-    workdirs = list(_COMPARE.value or []) + argv[1:]  # --compare a b: b arrives as an argument.
-    if _COMPARE.value:
-        print(compare(workdirs, _OUT.value))
-    elif _WORKDIR.value:
-        for path in plot_workdir(_WORKDIR.value):
+    """The command line (flags defined under __main__: main.py imports this module too)."""
+    f = flags.FLAGS
+    workdirs = list(f.compare or []) + argv[1:]  # --compare a b: b arrives as an argument.
+    if f.compare:
+        print(compare(workdirs, f.out))
+    elif f.workdir:
+        for path in plot_workdir(f.workdir):
             print(path)
     else:
         raise UserError("pass --workdir=RUN or --compare RUN RUN ...")
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "Run directory to plot.")
+    flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
+    flags.DEFINE_string("out", "compare.png", "Output file of --compare.")
     cli.run(main)
