@@ -65,6 +65,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, rows: np.ndarray) -> Split:
+        return Split(self.images[rows], self.labels[rows])
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -75,6 +78,7 @@ class Dataset:
     test: Split
     source: str  # The source actually used ("mnist", "sample", ...), never "auto".
     location: str  # Where the data was read from, for the run summary.
+    train_rows: np.ndarray  # Rows of the original training set that form `train`.
     num_classes: int = 10
 
 
@@ -369,10 +373,11 @@ def _check_online(url: str) -> None:
 # ----------------------------------------------------------------------------- assembly
 
 
-def split_validation(train: Split, validation_size: float, key: jax.Array) -> tuple[Split, Split]:
-    """Shuffles `train` with `key` and holds out `validation_size` examples (a count, or a
-    fraction of the training set when below 1)."""
-    n = len(train)
+def validation_indices(
+    n: int, validation_size: float, key: jax.Array
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices of a training set of `n` examples, shuffled with `key`;
+    `validation_size` is a count, or a fraction of `n` when below 1."""
     size = round(validation_size * n) if 0 < validation_size < 1 else int(validation_size)
     if validation_size >= 1 and validation_size != int(validation_size):
         raise UserError(f"data.validation_size={validation_size}: use a count or a fraction < 1")
@@ -382,9 +387,13 @@ def split_validation(train: Split, validation_size: float, key: jax.Array) -> tu
             f"(the training set has {n} examples)"
         )
     order = np.asarray(jax.random.permutation(key, n))
-    val, tr = order[:size], order[size:]
-    take = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
-    return take(tr), take(val)
+    return order[size:], order[:size]
+
+
+def split_validation(train: Split, validation_size: float, key: jax.Array) -> tuple[Split, Split]:
+    """Holds `validation_size` shuffled examples of `train` out as a validation split."""
+    tr, val = validation_indices(len(train), validation_size, key)
+    return train.take(tr), train.take(val)
 
 
 def load_train_test(data_config) -> tuple[Split, Split, str, str]:
@@ -446,8 +455,13 @@ def data_config_used(data_config, source: str, location: str):
 
 def load_dataset(data_config, split_key: jax.Array) -> Dataset:
     """Loads `config.data` and splits validation off the training set with `split_key`."""
-    train, test, source, location = load_train_test(data_config)
-    validation_size = data_config.validation_size
+    return make_dataset(*load_train_test(data_config), data_config.validation_size, split_key)
+
+
+def make_dataset(
+    train: Split, test: Split, source: str, location: str, validation_size: float, key: jax.Array
+) -> Dataset:
+    """Splits a loaded training set into train and validation (a sweep calls this per seed)."""
     if source == "sample" and validation_size >= len(train) / 2:
         logging.warning(
             "data.validation_size=%g does not fit the %d-digit sample: holding out 10%% instead",
@@ -455,13 +469,13 @@ def load_dataset(data_config, split_key: jax.Array) -> Dataset:
             len(train),
         )
         validation_size = 0.1
-    train, validation = split_validation(train, validation_size, split_key)
+    rows, val_rows = validation_indices(len(train), validation_size, key)
     logging.info(
         "data: source=%s (%s) train=%d validation=%d test=%d",
         source,
         location,
-        len(train),
-        len(validation),
+        len(rows),
+        len(val_rows),
         len(test),
     )
-    return Dataset(train, validation, test, source, location)
+    return Dataset(train.take(rows), train.take(val_rows), test, source, location, rows)

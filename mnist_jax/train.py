@@ -20,6 +20,7 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,11 @@ class Engine:
         put = lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])  # noqa: E731
         return EvalSplit(put(images), put(labels), n)
 
+    def put_splits(self, dataset: data_lib.Dataset, eval_batch_size: int) -> dict[str, EvalSplit]:
+        """The train, validation and test splits, ready for `eval_split`."""
+        names = ("train", "validation", "test")
+        return {name: self.put_eval(getattr(dataset, name), eval_batch_size) for name in names}
+
     # -- pure functions ------------------------------------------------------------------
 
     def _train_chunk(
@@ -308,6 +314,7 @@ class Engine:
             "log_loss": float(t["loss_sum"]) / split.size,
             "accuracy": float(t["correct"]) / split.size,
             "confusion_matrix": np.asarray(t["confusion"]),
+            "size": split.size,
         }
 
 
@@ -430,21 +437,14 @@ def train_and_evaluate(
     model = models.create_model(config.model, dataset.num_classes)
     tx = make_optimizer(config.optimizer)
     engine = Engine(
-        model,
-        tx,
-        batch_size=config.batch_size,
-        num_train=len(dataset.train),
-        mesh=mesh,
+        model, tx, batch_size=config.batch_size, num_train=len(dataset.train), mesh=mesh
     )
     if is_main:
         metrics.write_json(workdir / "config.json", config_lib.to_dict(config))
 
     train_images = engine.put_replicated(dataset.train.images)
     train_labels = engine.put_replicated(dataset.train.labels)
-    splits = {
-        name: engine.put_eval(getattr(dataset, name), config.eval_batch_size)
-        for name in ("train", "validation", "test")
-    }
+    splits = engine.put_splits(dataset, config.eval_batch_size)
     writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard and is_main)
     with (
         checkpoint.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt,
@@ -480,19 +480,16 @@ def train_and_evaluate(
             compile_s,
         )
 
-        train_time, steps_timed = 0.0, 0
-        for first, n in plan.chunks(start_step):
-            t0 = time.time()
+        def run_chunk(first: int, n: int) -> dict[str, Any]:
+            nonlocal state
             state, stats = compiled(state, train_images, train_labels, first, n)
-            bad = int(stats["nonfinite_step"])  # Also waits for the chunk to finish.
-            elapsed = time.time() - t0
-            train_time += elapsed
-            steps_timed += n
-            step = first + n
+            return jax.device_get(stats)  # Also waits for the chunk to finish.
+
+        def after_chunk(step: int, n: int, stats: dict[str, Any], elapsed: float) -> None:
+            bad = int(stats["nonfinite_step"])
             if bad >= 0:
-                result = {"diverged": {"step": bad, "message": f"non-finite loss at step {bad}"}}
                 if is_main:
-                    _update_results(workdir, result)
+                    _update_results(workdir, {"diverged": _diverged(bad)})
                 raise Diverged(
                     f"training diverged: non-finite loss at step {bad} (learning rate "
                     f"{config.optimizer.learning_rate} too high?); the last good checkpoint "
@@ -502,24 +499,65 @@ def train_and_evaluate(
                 ckpt.save(step, state)
             if step in plan.eval_steps:
                 _log_period(engine, state, splits, writer, plan, step, stats, n, elapsed)
-            if distributed.any_process(stop.signum is not None):
-                ckpt.save(step, state)
-                ckpt.wait()
-                writer.close()
-                raise Interrupted(stop.signum or signal.SIGTERM, step)
-        ckpt.save(plan.num_steps, state)
 
-        final = {}
-        for name, split in splits.items():
-            final[name] = engine.eval_split(state.params, split)
+        timing = train_loop(plan, start_step, run_chunk, after_chunk, lambda: stop.signum)
+        if timing.stopped_at is not None:
+            ckpt.save(timing.stopped_at, state)
+            ckpt.wait()
+            writer.close()
+            raise Interrupted(stop.signum or signal.SIGTERM, timing.stopped_at)
+        ckpt.save(plan.num_steps, state)
+        final = {name: engine.eval_split(state.params, split) for name, split in splits.items()}
         ckpt.wait()
     writer.close()
 
-    throughput = steps_timed * config.batch_size / train_time if train_time else None
+    results = summarize(config, dataset, plan, state, final, timing, t_start, compile_s)
+    results["resumed_from_step"] = start_step or None
+    if is_main:
+        metrics.write_json(workdir / "results.json", results)
+    return results
+
+
+@dataclasses.dataclass
+class Timing:
+    """What `train_loop` measured, and where it stopped early (None: it ran to the end)."""
+
+    train_s: float = 0.0
+    steps: int = 0
+    stopped_at: int | None = None
+
+
+def train_loop(
+    plan: Plan,
+    start_step: int,
+    run_chunk: Callable[[int, int], dict[str, Any]],
+    after_chunk: Callable[[int, int, dict[str, Any], float], None],
+    stop_signal: Callable[[], int | None],
+) -> Timing:
+    """The loop every run shares (single, sweep, sharded, multi-process): each jitted chunk of
+    the plan from `start_step`, then its host work; stops early, on every process at once,
+    after the chunk in which a SIGTERM/SIGINT arrived."""
+    timing = Timing()
+    for first, n in plan.chunks(start_step):
+        t0 = time.time()
+        stats = run_chunk(first, n)
+        elapsed = time.time() - t0
+        timing.train_s += elapsed
+        timing.steps += n
+        after_chunk(first + n, n, stats, elapsed)
+        if distributed.any_process(stop_signal() is not None):
+            timing.stopped_at = first + n
+            break
+    return timing
+
+
+def summarize(config, dataset, plan, state, final, timing, t_start, compile_s) -> dict[str, Any]:
+    """The run summary written to results.json."""
+    rate = timing.steps * config.batch_size / timing.train_s if timing.train_s else None
     results = {
         "final": {
-            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": split.size}
-            for (name, m), split in zip(final.items(), splits.values(), strict=True)
+            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": m["size"]}
+            for name, m in final.items()
             if m
         },
         "confusion_matrix": final["test"]["confusion_matrix"].tolist(),
@@ -529,10 +567,9 @@ def train_and_evaluate(
         "num_classes": dataset.num_classes,
         "num_params": models.count_params(state.params),
         "num_steps": plan.num_steps,
-        "resumed_from_step": start_step or None,
         "wall_time_s": round(time.time() - t_start, 3),
         "compile_time_s": round(compile_s, 3),
-        "train_examples_per_sec": round(throughput) if throughput else None,
+        "train_examples_per_sec": round(rate) if rate else None,
         "devices": [str(d) for d in jax.devices()],
         "num_processes": jax.process_count(),
         "versions": {"jax": jax.__version__, "flax": _version("flax"), "optax": optax.__version__},
@@ -541,13 +578,15 @@ def train_and_evaluate(
         "test: log_loss %.4f accuracy %.2f%% (%d digits, source=%s); wall time %.1fs",
         results["final"]["test"]["log_loss"],
         100 * results["final"]["test"]["accuracy"],
-        splits["test"].size,
+        results["final"]["test"]["size"],
         dataset.source,
         results["wall_time_s"],
     )
-    if is_main:
-        metrics.write_json(workdir / "results.json", results)
     return results
+
+
+def _diverged(step: int) -> dict[str, Any]:
+    return {"step": step, "message": f"non-finite loss at step {step}"}
 
 
 def _version(package: str) -> str:
