@@ -201,6 +201,53 @@ def compare(workdirs: list[str | Path], out: str | Path) -> Path:
     return _save(fig, Path(out))
 
 
+def plot_sweep(rows: list[dict[str, Any]], workdir: Path, fields: list[str]) -> list[Path]:
+    """sweep.png: validation accuracy against each swept field, and the best members' curves;
+    first_layer_by_steps.png when num_steps was swept (weights after 10, 100, 1000 steps)."""
+    fig, axes = plt.subplots(1, len(fields) + 1, figsize=(4.5 * (len(fields) + 1), 4))
+    axes = np.atleast_1d(axes)
+    ok = [r for r in rows if r["validation_accuracy"] is not None]
+    for ax, field in zip(axes, fields, strict=False):
+        values = [r[field] for r in ok]
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        x = values if numeric else [str(v) for v in values]
+        ax.scatter(x, [100 * r["validation_accuracy"] for r in ok], alpha=0.7)
+        if numeric and min(values) > 0 and max(values) / min(values) >= 100:
+            ax.set_xscale("log")
+        ax.set(xlabel=field, ylabel="validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    for r in ok[:3]:
+        curve = [
+            row
+            for row in metrics.read_jsonl(workdir / r["member"] / metrics.METRICS_FILE)
+            if row["split"] == "validation"
+        ]
+        axes[-1].plot([c["step"] for c in curve], [c["log_loss"] for c in curve], label=r["member"])
+    axes[-1].set(xlabel="step", ylabel="validation log-loss", title="Best members")
+    axes[-1].legend(fontsize=7)
+    axes[-1].grid(alpha=0.3)
+    fig.tight_layout()
+    written = [_save(fig, workdir / "sweep.png")]
+    if "num_steps" in fields and ok:
+        best = ok[0]
+        same = [r for r in ok if all(r[f] == best[f] for f in fields if f != "num_steps")]
+        same.sort(key=lambda r: r["num_steps"])
+        fig, axes = plt.subplots(len(same), 10, figsize=(12, 1.4 * len(same)), squeeze=False)
+        for row_axes, r in zip(axes, same, strict=True):
+            _, params, _ = checkpoint.restore_model(workdir / r["member"])
+            kernel = np.asarray(params[sorted(params)[0]]["kernel"])
+            for k, ax in enumerate(row_axes):
+                w = kernel[:, k].reshape(28, 28)
+                lim = np.abs(w).max() or 1.0
+                ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            row_axes[0].set_ylabel(f"{r['num_steps']} steps", fontsize=9)
+        fig.suptitle(f"First-layer weights after each num_steps ({best['member']} otherwise)")
+        written.append(_save(fig, workdir / "first_layer_by_steps.png"))
+    return written
+
+
 def main(argv: list[str]) -> None:
     """The command line (flags defined under __main__: main.py imports this module too)."""
     f = flags.FLAGS

@@ -1,0 +1,94 @@
+"""Sweeps: members equal their single runs to the bit; groups, tables, figures, bad specs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_jax import checkpoint, metrics, sweep, train
+from mnist_jax.errors import UserError
+
+from conftest import small_config
+
+
+def _params(workdir):
+    return checkpoint.restore_model(workdir)[1]
+
+
+def _rows(workdir):
+    rows = metrics.read_jsonl(workdir / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+
+
+def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
+    c = small_config(idx_dir, "dnn", **{"model.hidden_units": (64,), "optimizer.clip_norm": 1.0})
+    specs = ["optimizer.learning_rate=0.05,0.3", "seed=0,1"]
+    rows = sweep.run_sweep(c, tmp_path / "sweep", specs, max_parallel=8)
+    assert len(rows) == 4
+    accs = [r["validation_accuracy"] for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    for m in sweep.members(c, specs):
+        single = tmp_path / "single" / m.name
+        results = train.train_and_evaluate(m.config, single)
+        member = tmp_path / "sweep" / m.name
+        pairs = zip(
+            jax.tree_util.tree_leaves(_params(single)),
+            jax.tree_util.tree_leaves(_params(member)),
+            strict=True,
+        )
+        assert all(np.array_equal(a, b) for a, b in pairs), m.name
+        assert _rows(single) == _rows(member), m.name
+        assert metrics.read_json(member / "results.json")["final"] == results["final"]
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["member"] for r in table] == [r["member"] for r in rows]
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == rows
+
+
+def test_shape_fields_make_groups_and_num_steps_figure(tmp_path, idx_dir):
+    c = small_config(idx_dir, "linear", num_periods=2)
+    specs = ["num_steps=10,40", "optimizer.learning_rate=0.1,0.3"]
+    groups = {sweep.group_key(m.config) for m in sweep.members(c, specs)}
+    assert len(groups) == 2
+    sweep.run_sweep(c, tmp_path, specs, max_parallel=8)
+    results = metrics.read_json(tmp_path / "num_steps=40-learning_rate=0.3" / "results.json")
+    assert results["sweep_group_size"] == 2 and results["num_steps"] == 40
+    assert (tmp_path / "first_layer_by_steps.png").stat().st_size > 10_000
+    # Rerunning keeps the finished members as they are.
+    before = (tmp_path / "num_steps=40-learning_rate=0.3" / "metrics.jsonl").read_bytes()
+    sweep.run_sweep(c, tmp_path, specs, max_parallel=8)
+    after = (tmp_path / "num_steps=40-learning_rate=0.3" / "metrics.jsonl").read_bytes()
+    assert before == after
+
+
+def test_max_parallel_chunks_give_the_same_members(tmp_path, idx_dir):
+    c = small_config(idx_dir, "linear")
+    specs = ["optimizer.learning_rate=0.05,0.1,0.2"]
+    sweep.run_sweep(c, tmp_path / "a", specs, max_parallel=8)
+    sweep.run_sweep(c, tmp_path / "b", specs, max_parallel=2)
+    for m in sweep.members(c, specs):
+        pairs = zip(
+            jax.tree_util.tree_leaves(_params(tmp_path / "a" / m.name)),
+            jax.tree_util.tree_leaves(_params(tmp_path / "b" / m.name)),
+            strict=True,
+        )
+        assert all(np.array_equal(x, y) for x, y in pairs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("optimizer.lr=0.1", "has no field 'optimizer.lr'"),
+        ("batch_size=ten", "'ten' is not a int"),
+        ("optimizer.learning_rate", "expected field=value1,value2"),
+        ("optimizer.learning_rate=-1", "must be positive"),
+    ],
+)
+def test_bad_sweep_specs(idx_dir, spec, message):
+    with pytest.raises(UserError, match=message):
+        sweep.members(small_config(idx_dir, "linear"), [spec])
