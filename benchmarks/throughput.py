@@ -137,6 +137,27 @@ def per_step_loop(model, tx, images, labels, batch_size, steps):
     return run
 
 
+def sweep_case(model, tx, images, labels, batch_size, steps, k, vectorize, repeats):
+    """Model-examples/s of K members in one program (`sweep.member_axis`)."""
+    from mnist_jax import sweep
+
+    engine = train.Engine(model, tx, batch_size=batch_size, num_train=len(labels))
+    x, y = engine.put_replicated(images), engine.put_replicated(labels)
+    rows = jnp.stack([jnp.arange(len(labels), dtype=jnp.int32)] * k)
+    state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[engine.init(s) for s in range(k)])
+    chunk = jax.jit(sweep.member_axis(engine._train_chunk, vectorize))
+    compiled = chunk.lower(state, x, y, 0, steps, rows).compile()
+    holder = [state, 0]
+
+    def run():
+        holder[0], stats = compiled(holder[0], x, y, holder[1], steps, rows)
+        holder[1] += steps
+        jax.block_until_ready(stats)
+
+    run()
+    return k * steps * batch_size / timed(run, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
@@ -144,6 +165,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
+    parser.add_argument("--sweep_sizes", default="1,8,32", help="K members for the sweep case")
+    parser.add_argument("--sweep_steps", type=int, default=200, help="steps per sweep timing")
     args = parser.parse_args()
     n = 2_000 if args.quick else 55_000
     epochs = 1 if args.quick else args.epochs
@@ -179,6 +202,21 @@ def main() -> None:
         row = {**header, "case": name, "loop": "eval", "examples_per_sec": round(eval_rate)}
         row["train_compile_s"] = round(compile_s, 3)
         print(json.dumps(row), flush=True)
+
+    # Sweeps: K tflearn_dnn models in one program vs K runs one after another.
+    model, tx = build(CASES["tflearn_dnn"], args.batch_size)
+    sweep_steps = 20 if args.quick else args.sweep_steps
+    sizes = [1, 2] if args.quick else [int(k) for k in args.sweep_sizes.split(",")]
+    single = sweep_case(model, tx, images, labels, args.batch_size, sweep_steps, 1, "map", repeats)
+    for k in sizes:
+        for vectorize in ("vmap", "map"):
+            rate = sweep_case(
+                model, tx, images, labels, args.batch_size, sweep_steps, k, vectorize, repeats
+            )
+            row = {**header, "case": "sweep_tflearn_dnn", "loop": f"sweep_{vectorize}", "k": k}
+            row["model_examples_per_sec"] = round(rate)
+            row["ratio_to_k_sequential_runs"] = round(rate / single, 3)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
