@@ -40,8 +40,13 @@ class Checkpointer:
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except UserError:
+            if exc_type is None:
+                raise
+            logging.warning("a checkpoint save failed too while stopping on %s", exc_type.__name__)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -52,14 +57,17 @@ class Checkpointer:
             return
         try:
             self._manager.save(step, args=ocp.args.StandardSave(state))
-        except OSError as e:
-            raise UserError(f"cannot save checkpoint {self.directory / str(step)}: {e}") from None
+        except Exception as e:  # OSError, or tensorstore's ValueError from a failed write.
+            raise UserError(
+                f"cannot save checkpoint {self.directory / str(step)}: {_short(e)}"
+            ) from None
 
     def wait(self) -> None:
+        """Blocks until pending saves are on disk; a failed one is a UserError."""
         try:
             self._manager.wait_until_finished()
-        except OSError as e:
-            raise UserError(f"checkpoint save in {self.directory} failed: {e}") from None
+        except Exception as e:  # Re-raised from orbax's background save thread.
+            raise UserError(f"checkpoint save in {self.directory} failed: {_short(e)}") from None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restores `step` (default: the latest) into the structure, shapes and shardings of
@@ -83,9 +91,12 @@ class Checkpointer:
     def close(self) -> None:
         """Finishes any pending save, then releases the manager's threads."""
         try:
-            self._manager.wait_until_finished()
+            self.wait()
         finally:
-            self._manager.close()
+            try:
+                self._manager.close()
+            except Exception as e:  # Closing re-raises a failed background save.
+                logging.warning("closing the checkpoint manager: %s", _short(e))
 
 
 def _short(e: Exception) -> str:

@@ -23,6 +23,8 @@ class _QuietLibraries(logging.logging.Filter):
 
     def filter(self, record) -> bool:
         noisy = "/orbax/" in record.pathname or "/jax/_src/" in record.pathname
+        if noisy and record.exc_info:  # Our one-line error says it; no library traceback.
+            record.exc_info, record.exc_text = None, None
         return not noisy or record.levelno >= logging.logging.WARNING
 
 
@@ -35,6 +37,9 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
         verbose = logging.get_verbosity() >= logging.DEBUG
         if not verbose:
             logging.get_absl_handler().addFilter(_QuietLibraries())
+            # After a failed async save, tensorstore's callbacks hit orbax's closed event
+            # loop and Python would print a traceback for each; one line each is enough.
+            sys.unraisablehook = _one_line_unraisable
         try:
             sys.exit(fn(argv) or 0)
         except UserError as e:
@@ -48,6 +53,11 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             sys.exit(128 + e.signum)
 
     app.run(main, flags_parser=parse_flags)
+
+
+def _one_line_unraisable(unraisable) -> None:
+    exc = unraisable.exc_value
+    logging.warning("ignored in a library callback: %s: %s", type(exc).__name__, exc)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,0 +1,238 @@
+"""Faults a user meets, through the real CLI: each ends in one clear line, and nothing that was
+already complete is lost. (Data, config and checkpoint cases at the function level are in
+test_data.py, test_cli.py and test_reproducibility.py.)"""
+
+from __future__ import annotations
+
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_jax import checkpoint, data, metrics
+
+from conftest import REPO
+
+
+def _args(idx_dir, workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mnist_jax.main",
+        "--config=configs/dnn.py",
+        f"--workdir={workdir}",
+        "--config.data.source=idx",
+        f"--config.data.dir={idx_dir}",
+        "--config.data.validation_size=200",
+        "--config.batch_size=20",
+        "--config.model.hidden_units=(32,)",
+        "--config.model.dropout_rate=0.2",
+        "--config.tensorboard=False",
+        "--config.plots=False",
+        *extra,
+    ]
+
+
+def _run(args, **kw):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def _same_params(a, b) -> bool:
+    pa, pb = checkpoint.restore_model(a)[1], checkpoint.restore_model(b)[1]
+    pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, idx_dir):
+    """One uninterrupted 2,000-step run that every interrupted trial must reproduce."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = _run(_args(idx_dir, workdir, *_LONG))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+# An evaluation every 20 steps, a checkpoint every 40, one jitted call per 10 steps: many
+# places for a signal to land.
+_LONG = [
+    "--config.num_steps=2000",
+    "--config.num_periods=100",
+    "--config.checkpoint_every_steps=40",
+    "--config.steps_per_call=10",
+]
+
+
+def _rows(workdir):
+    rows = metrics.read_jsonl(workdir / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+
+
+def _start_and_signal(args, workdir, sig, min_rows) -> subprocess.Popen:
+    proc = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    dump = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if dump.exists() and dump.read_text().count("\n") >= min_rows:
+            break
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.5))
+    proc.send_signal(sig)
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "seed"), [(signal.SIGTERM, 1), (signal.SIGINT, 2), (signal.SIGTERM, 3)]
+)
+def test_signal_at_a_random_point_then_resume_is_exact(tmp_path, idx_dir, reference, sig, seed):
+    random.seed(seed)
+    args = _args(idx_dir, tmp_path, *_LONG)
+    proc = _start_and_signal(args, tmp_path, sig, min_rows=random.randint(2, 60))
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the signal; make it longer")
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert f"stopped by {signal.Signals(sig).name}" in err
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _same_params(tmp_path, reference)
+    assert _rows(tmp_path) == _rows(reference)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_never_leaves_an_unrestorable_checkpoint(tmp_path, idx_dir, reference, seed):
+    random.seed(seed)
+    args = _args(idx_dir, tmp_path, *_LONG)
+    proc = _start_and_signal(args, tmp_path, signal.SIGKILL, min_rows=random.randint(4, 80))
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _same_params(tmp_path, reference)
+
+
+def test_workdir_that_cannot_be_created(tmp_path, idx_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = _one_error_line(_run(_args(idx_dir, blocker / "run", "--config.num_steps=20")))
+    assert "is not writable" in line and "a-file/run" in line
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, idx_dir):
+    """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk) hits the
+    resumed run's first checkpoint; the earlier checkpoints and files stay intact."""
+    args = _args(idx_dir, tmp_path, "--config.num_steps=40", "--config.num_periods=2")
+    assert _run(args).returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
+
+    proc = _run(
+        _args(idx_dir, tmp_path, "--config.num_steps=80", "--config.num_periods=4"),
+        preexec_fn=small_files,
+    )
+    line = _one_error_line(proc)
+    assert "File too large" in line or "cannot" in line, line
+    for path, content in before.items():
+        # metrics.jsonl is appended to; config.json is replaced (atomically) by the resumed
+        # run's, which asks for more steps.
+        if path.name not in ("metrics.jsonl", "config.json"):
+            assert path.read_bytes() == content, path
+    assert metrics.read_json(tmp_path / "config.json")["num_steps"] == 80
+    assert checkpoint.Checkpointer(tmp_path).latest_step() == 40
+    # With room on the disk again, the same command resumes and finishes.
+    resumed = _run(_args(idx_dir, tmp_path, "--config.num_steps=80", "--config.num_periods=4"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_resuming_a_different_config_is_refused(tmp_path, idx_dir):
+    assert _run(_args(idx_dir, tmp_path, "--config.num_steps=20")).returncode == 0
+    line = _one_error_line(
+        _run(_args(idx_dir, tmp_path, "--config.num_steps=20", "--config.optimizer.name=sgd"))
+    )
+    assert "holds a run of a different config (optimizer.name differ)" in line
+
+
+def _label_11(d):
+    split = data.Split(np.zeros((3, 784), np.uint8), np.array([1, 2, 11]))
+    data.write_csv(d / "t.csv", split)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_label_11, "row 3 has label 11"),
+        (lambda d: (d / "t.csv").write_text("label,p1\n1,2\n"), "remove the header row"),
+        (lambda d: (d / "t.csv").write_text(""), "empty CSV file"),
+        (lambda d: None, "file not found"),
+    ],
+)
+def test_bad_csv_through_the_cli(tmp_path, idx_dir, make, message):
+    make(tmp_path)
+    extra = [
+        "--config.data.source=csv",
+        f"--config.data.train_file={tmp_path / 't.csv'}",
+        f"--config.data.test_file={tmp_path / 't.csv'}",
+    ]
+    line = _one_error_line(_run(_args(idx_dir, tmp_path / "w", *extra)))
+    assert message in line and "t.csv" in line
+
+
+def test_bad_idx_through_the_cli(tmp_path, idx_dir):
+    for f in idx_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-30])
+    line = _one_error_line(_run(_args(tmp_path, tmp_path / "w")))
+    assert "train-labels-idx1-ubyte.gz" in line
+
+
+def test_validation_larger_than_training_set(tmp_path, idx_dir):
+    line = _one_error_line(_run(_args(idx_dir, tmp_path, "--config.data.validation_size=100000")))
+    assert "leaves no training data" in line
+
+
+def test_tfds_without_the_extra_through_the_cli(tmp_path, idx_dir):
+    try:
+        import tensorflow_datasets  # noqa: F401
+
+        pytest.skip("tensorflow-datasets is installed; this tests its absence")
+    except ImportError:
+        pass
+    line = _one_error_line(_run(_args(idx_dir, tmp_path, "--config.data.source=tfds")))
+    assert "pip install 'mnist-jax[tfds]'" in line
+
+
+def test_divergence_through_the_cli(tmp_path, idx_dir):
+    proc = _run(
+        _args(
+            idx_dir,
+            tmp_path,
+            "--config.optimizer.name=sgd",
+            "--config.optimizer.learning_rate=1e30",
+            "--config.optimizer.clip_norm=0",
+            "--config.num_steps=60",
+        )
+    )
+    line = _one_error_line(proc)
+    assert "non-finite loss at step" in line
+    assert metrics.read_json(tmp_path / "results.json")["diverged"]["step"] >= 0
+    for f in ("results.json", "metrics.jsonl"):
+        if (tmp_path / f).exists():
+            assert (
+                "NaN" not in (tmp_path / f).read_text()
+                and "Infinity" not in (tmp_path / f).read_text()
+            )
