@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,21 @@ def small_config(idx_dir: Path, name: str = "dnn", **overrides):
         target[last] = value
     config_lib.validate(c)
     return c
+
+
+def main_args(idx_dir: Path, workdir: Path, *extra: str) -> list[str]:
+    """The main command on the small IDX data with configs/dnn.py; later flags win."""
+    return [
+        sys.executable,
+        "-m",
+        "mnist_jax.main",
+        "--config=configs/dnn.py",
+        f"--workdir={workdir}",
+        "--config.data.source=idx",
+        f"--config.data.dir={idx_dir}",
+        "--config.data.validation_size=200",
+        *extra,
+    ]
 
 
 # Read before the autouse fixture hides it from the tests that must not see it.

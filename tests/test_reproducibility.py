@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -15,7 +14,7 @@ import pytest
 from mnist_jax import checkpoint, metrics, train
 from mnist_jax.errors import UserError
 
-from conftest import REPO, small_config
+from conftest import REPO, main_args, small_config
 
 
 def params_of(workdir):
@@ -74,14 +73,9 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path, dropout_config):
 
 def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
     """A real subprocess gets a real SIGTERM mid-run, saves, exits 143, and resumes exactly."""
-    args = [
-        sys.executable,
-        "-m",
-        "mnist_jax.main",
-        "--config=configs/dnn.py",
-        "--config.data.source=idx",
-        f"--config.data.dir={idx_dir}",
-        "--config.data.validation_size=200",
+    args = lambda workdir: main_args(  # noqa: E731
+        idx_dir,
+        workdir,
         "--config.batch_size=20",
         "--config.num_steps=3000",
         "--config.num_periods=3000",  # An evaluation (and a metrics row) every step...
@@ -89,11 +83,9 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
         "--config.model.hidden_units=(32,)",
         "--config.model.dropout_rate=0.2",
         "--config.tensorboard=False",
-    ]
-    interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [*args, f"--workdir={interrupted}"], cwd=REPO, stderr=subprocess.PIPE, text=True
     )
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen(args(interrupted), cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     dump = interrupted / "metrics.jsonl"
     while time.time() < deadline and (not dump.exists() or len(dump.read_text()) < 2000):
@@ -105,14 +97,10 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
     stopped_at = checkpoint.Checkpointer(interrupted).latest_step()
     assert 0 < stopped_at < 3000
 
-    resumed = subprocess.run(
-        [*args, f"--workdir={interrupted}"], cwd=REPO, capture_output=True, text=True
-    )
+    resumed = subprocess.run(args(interrupted), cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
-    straight = subprocess.run(
-        [*args, f"--workdir={tmp_path / 'straight'}"], cwd=REPO, capture_output=True, text=True
-    )
+    straight = subprocess.run(args(tmp_path / "straight"), cwd=REPO, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert same_params(params_of(interrupted), params_of(tmp_path / "straight"))
     assert metric_rows(interrupted) == metric_rows(tmp_path / "straight")

@@ -5,10 +5,9 @@ test_data.py, test_cli.py and test_reproducibility.py.)"""
 from __future__ import annotations
 
 import random
-import resource
+import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -17,26 +16,20 @@ import pytest
 
 from mnist_jax import checkpoint, data, metrics
 
-from conftest import REPO
+from conftest import REPO, main_args
 
 
 def _args(idx_dir, workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "mnist_jax.main",
-        "--config=configs/dnn.py",
-        f"--workdir={workdir}",
-        "--config.data.source=idx",
-        f"--config.data.dir={idx_dir}",
-        "--config.data.validation_size=200",
+    return main_args(
+        idx_dir,
+        workdir,
         "--config.batch_size=20",
         "--config.model.hidden_units=(32,)",
         "--config.model.dropout_rate=0.2",
         "--config.tensorboard=False",
         "--config.plots=False",
         *extra,
-    ]
+    )
 
 
 def _run(args, **kw):
@@ -137,13 +130,11 @@ def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, id
     assert _run(args).returncode == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
-
-    proc = _run(
-        _args(idx_dir, tmp_path, "--config.num_steps=80", "--config.num_periods=4"),
-        preexec_fn=small_files,
+    # Through bash's ulimit (2 KiB), not preexec_fn: forking this multithreaded process is unsafe.
+    command = shlex.join(
+        _args(idx_dir, tmp_path, "--config.num_steps=80", "--config.num_periods=4")
     )
+    proc = _run(["bash", "-c", f"ulimit -f 2 && exec {command}"])
     line = _one_error_line(proc)
     assert "File too large" in line or "cannot" in line, line
     for path, content in before.items():

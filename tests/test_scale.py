@@ -9,33 +9,26 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mnist_jax import metrics
 
-from conftest import REPO
+from conftest import REPO, main_args
 
 
 def _args(idx_dir, workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "mnist_jax.main",
-        "--config=configs/dnn.py",
-        f"--workdir={workdir}",
-        "--config.data.source=idx",
-        f"--config.data.dir={idx_dir}",
-        "--config.data.validation_size=200",
+    return main_args(
+        idx_dir,
+        workdir,
         "--config.batch_size=40",
         "--config.num_steps=90",
         "--config.num_periods=3",
         "--config.model.hidden_units=(64,)",
         "--config.model.dropout_rate=0.1",
         *extra,
-    ]
+    )
 
 
 def _env(num_devices: int) -> dict:
