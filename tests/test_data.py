@@ -194,3 +194,29 @@ def test_full_mnist_class_counts():
         1009,
     ]
     assert abs(train.images.mean() - 33.318) < 1e-3
+
+
+@pytest.mark.skipif(full_mnist_dir() is None, reason="needs full MNIST: set MNIST_JAX_DATA_DIR")
+def test_tfds_builds_mnist_offline_from_the_idx_files(tmp_path):
+    """With the optional extra, tfds builds MNIST from the original files (its manual_dir)
+    without a network, and yields the same digits as the IDX loader (tfds keeps its own
+    order). Needs `pip install '.[tfds]'` (TensorFlow, 1.4 GB): skipped without it."""
+    pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
+    train, test = data.load_tfds("mnist", full_mnist_dir(), tfds_dir=str(tmp_path))
+    idx_train, idx_test = data.load_idx(full_mnist_dir())
+    for ours, theirs in ((train, idx_train), (test, idx_test)):
+        assert ours.images.shape == theirs.images.shape
+        key = lambda s: np.lexsort(np.c_[s.images, s.labels].T)  # noqa: E731
+        np.testing.assert_array_equal(ours.images[key(ours)], theirs.images[key(theirs)])
+        np.testing.assert_array_equal(ours.labels[key(ours)], theirs.labels[key(theirs)])
+
+
+def test_tfds_offline_without_files_fails_fast(tmp_path):
+    """tfds would retry its download for minutes; we fail within seconds instead."""
+    pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
+    import time
+
+    t = time.time()
+    with pytest.raises(UserError, match="offline"):
+        data.load_tfds("mnist", tfds_dir=str(tmp_path))
+    assert time.time() - t < 30
