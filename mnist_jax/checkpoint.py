@@ -143,7 +143,9 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {"/".join(map(name, p)): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
-def restore_model(workdir: str | os.PathLike, step: int | None = None):
+def restore_model(
+    workdir: str | os.PathLike, step: int | None = None
+) -> tuple[Any, Any, ml_collections.ConfigDict]:
     """Restores (model, params, config) from a run's workdir, for evaluation and prediction."""
     from mnist_jax import models, train  # Deferred: train imports this module.
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -442,7 +443,7 @@ def _sample_train_test() -> tuple[Split, Split]:
     )
 
 
-def data_config_used(data_config, source: str, location: str):
+def data_config_used(data_config: Any, source: str, location: str) -> Any:
     """`config.data` of a finished run, pinned to the source it actually used (`auto` resolved,
     MNIST read from the directory it was found in), so that evaluating or plotting it later
     never silently falls back to other data."""

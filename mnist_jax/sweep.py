@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def run_sweep(
     return rows
 
 
-def member_axis(train_chunk, vectorize: str):
+def member_axis(train_chunk: Callable[..., Any], vectorize: str) -> Callable[..., Any]:
     """`train_chunk(state, images, labels, first, n, rows)` over a leading member axis of
     `state` and `rows`: `vmap` (members in parallel: the speed on accelerators) or `map`
     (members one after another inside the same program). On CPU, XLA compiles a vmapped
