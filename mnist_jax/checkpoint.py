@@ -8,7 +8,6 @@ of other shapes than the model's, is a UserError naming it: never a silent fresh
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mnist_jax import metrics
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -168,16 +168,13 @@ def restore_model(
 def _num_classes(workdir: Path) -> int:
     results = workdir / "results.json"
     if results.is_file():
-        return json.loads(results.read_text()).get("num_classes", 10)
+        return metrics.read_json(results).get("num_classes", 10)
     return 10
 
 
 def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """Reads a config.json written by a run back into a ConfigDict (lists become tuples)."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable config ({e})") from None
+    d = metrics.read_json(path)
 
     def tuples(x):
         if isinstance(x, dict):

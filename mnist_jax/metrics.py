@@ -21,20 +21,27 @@ from mnist_jax.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically (temp file + rename): a reader never sees half a file, and a
-    failed write (full disk) leaves the previous version in place."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces a file's text atomically (temp file + rename): a reader never sees half a
+    file, and a failed write (full disk) leaves the previous version in place."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    f = None
     try:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            f.write(text + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(f.name, path)
     except OSError as e:
-        Path(f.name).unlink(missing_ok=True)
+        if f is not None:
+            Path(f.name).unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON atomically; NaN and inf are refused, never written."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -92,8 +99,7 @@ class MetricWriter:
         if not self.active or not self.path.exists():
             return
         rows = [r for r in read_jsonl(self.path) if r["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, step: int, split: str, **values: float) -> None:
         """Logs one evaluation of `split` at `step`."""
