@@ -52,7 +52,10 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             print(str(e), file=sys.stderr)
             sys.exit(128 + e.signum)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, compiling).
-            print("interrupted outside the training loop; saved checkpoints are intact", file=sys.stderr)
+            print(
+                "interrupted outside the training loop; saved checkpoints are intact",
+                file=sys.stderr,
+            )
             sys.exit(130)
 
     app.run(main, flags_parser=parse_flags)
