@@ -144,7 +144,7 @@ def run_sweep(
     all_members = members(config, specs)
     if len({m.name for m in all_members}) != len(all_members):
         raise UserError("--sweep values repeat: two members would share a directory")
-    rows, todo = [], []
+    rows, todo, loaded = [], [], {}
     for m in all_members:
         member_dir = workdir / m.name
         train.prepare_workdir(m.config, member_dir, allow_change=False)
@@ -165,7 +165,7 @@ def run_sweep(
     )
     for group in groups.values():
         for i in range(0, len(group), max_parallel):
-            rows += _train_group(group[i : i + max_parallel], workdir, vectorize)
+            rows += _train_group(group[i : i + max_parallel], workdir, vectorize, loaded)
     rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
     _write_tables(rows, workdir)
     from mnist_jax import plot
@@ -195,11 +195,17 @@ def member_axis(train_chunk: Callable[..., Any], vectorize: str) -> Callable[...
     return mapped
 
 
-def _train_group(group: list[Member], workdir: Path, vectorize: str) -> list[dict[str, Any]]:
-    """Trains members that differ only in VMAPPED fields as one vmapped program."""
+def _train_group(
+    group: list[Member], workdir: Path, vectorize: str, loaded: dict[str, tuple]
+) -> list[dict[str, Any]]:
+    """Trains members that differ only in VMAPPED fields as one program over a member axis.
+    `loaded` caches the data of each distinct `config.data` across groups."""
     t_start = time.time()
     first = group[0].config
-    train_full, test, source, location = data_lib.load_train_test(first.data)
+    data_key = repr(config_lib.to_dict(first.data))
+    if data_key not in loaded:
+        loaded[data_key] = data_lib.load_train_test(first.data)
+    train_full, test, source, location = loaded[data_key]
     datasets = {}  # One train/validation split per seed, as a single run would make it.
     for m in group:
         if m.config.seed not in datasets:
@@ -256,7 +262,7 @@ def _train_group(group: list[Member], workdir: Path, vectorize: str) -> list[dic
             if step in plan.eval_steps and k not in diverged:
                 member_stats = {key: v[k] for key, v in stats.items()}
                 member_splits = splits[m.config.seed]
-                train._log_period(
+                train.log_period(
                     engine, member(k, state), member_splits, writers[k], plan, step,
                     member_stats, n, elapsed / len(group),
                 )  # fmt: skip
@@ -271,7 +277,7 @@ def _train_group(group: list[Member], workdir: Path, vectorize: str) -> list[dic
         metrics.write_json(member_dir / "config.json", config_lib.to_dict(m.config))
         if k in diverged:
             metrics.write_json(
-                member_dir / "results.json", {"diverged": train._diverged(diverged[k])}
+                member_dir / "results.json", {"diverged": train.diverged_record(diverged[k])}
             )
             out.append(_row(m, None, diverged[k]))
             continue

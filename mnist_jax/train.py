@@ -489,7 +489,7 @@ def train_and_evaluate(
             bad = int(stats["nonfinite_step"])
             if bad >= 0:
                 if is_main:
-                    _update_results(workdir, {"diverged": _diverged(bad)})
+                    _update_results(workdir, {"diverged": diverged_record(bad)})
                 raise Diverged(
                     f"training diverged: non-finite loss at step {bad} (learning rate "
                     f"{config.optimizer.learning_rate} too high?); the last good checkpoint "
@@ -498,7 +498,7 @@ def train_and_evaluate(
             if step in plan.checkpoint_steps:
                 ckpt.save(step, state)
             if step in plan.eval_steps:
-                _log_period(engine, state, splits, writer, plan, step, stats, n, elapsed)
+                log_period(engine, state, splits, writer, plan, step, stats, n, elapsed)
 
         timing = train_loop(plan, start_step, run_chunk, after_chunk, lambda: stop.signum)
         if timing.stopped_at is not None:
@@ -585,7 +585,8 @@ def summarize(config, dataset, plan, state, final, timing, t_start, compile_s) -
     return results
 
 
-def _diverged(step: int) -> dict[str, Any]:
+def diverged_record(step: int) -> dict[str, Any]:
+    """What results.json says of a run that stopped on a non-finite loss."""
     return {"step": step, "message": f"non-finite loss at step {step}"}
 
 
@@ -601,8 +602,18 @@ def _update_results(workdir: Path, update: dict[str, Any]) -> None:
     metrics.write_json(path, {**old, **update})
 
 
-def _log_period(engine, state, splits, writer, plan, step, stats, n, elapsed) -> None:
-    """Evaluates train and validation, logs one line and appends to the metric dump."""
+def log_period(
+    engine: Engine,
+    state: TrainState,
+    splits: dict[str, EvalSplit],
+    writer: metrics.MetricWriter,
+    plan: Plan,
+    step: int,
+    stats: dict[str, Any],
+    n: int,
+    elapsed: float,
+) -> None:
+    """After a period: evaluates train and validation, logs one line, appends to the dump."""
     ex_per_s = n * engine.batch_size / elapsed if elapsed > 0 else 0.0
     lr = float(state.opt_state.hyperparams["learning_rate"])
     line = [f"step {step}/{plan.num_steps}"]
