@@ -490,10 +490,13 @@ def train_and_evaluate(
             if bad >= 0:
                 if is_main:
                     _update_results(workdir, {"diverged": diverged_record(bad)})
+                last = ckpt.latest_step()
+                kept = "no checkpoint yet"
+                if last:
+                    kept = f"the last good checkpoint (step {last}) is kept"
                 raise Diverged(
                     f"training diverged: non-finite loss at step {bad} (learning rate "
-                    f"{config.optimizer.learning_rate} too high?); the last good checkpoint "
-                    f"(step {ckpt.latest_step()}) is kept"
+                    f"{config.optimizer.learning_rate} too high?); {kept}"
                 )
             if step in plan.checkpoint_steps:
                 ckpt.save(step, state)
