@@ -80,6 +80,18 @@ def plot_confusion(confusion: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
+def first_layer_kernel(params: Any) -> np.ndarray:
+    """The first Dense layer's kernel, (784, hidden units) or (784, classes) for linear."""
+    return np.asarray(params[sorted(params)[0]]["kernel"])
+
+
+def _show_weights(ax, column: np.ndarray) -> None:
+    """One unit's 784 input weights as a 28x28 image, symmetric colours around zero."""
+    w = column.reshape(28, 28)
+    lim = np.abs(w).max() or 1.0
+    ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
+
+
 def plot_first_layer(kernel: np.ndarray, path: Path, title: str, max_units: int = 100) -> Path:
     """Each column of the first layer's kernel (784, units) as a 28x28 image."""
     kernel = np.asarray(kernel)[:, :max_units]
@@ -90,9 +102,7 @@ def plot_first_layer(kernel: np.ndarray, path: Path, title: str, max_units: int 
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < units:
-            w = kernel[:, k].reshape(28, 28)
-            lim = np.abs(w).max() or 1.0
-            ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
+            _show_weights(ax, kernel[:, k])
             if units <= 10:
                 ax.set_title(str(k), fontsize=8)
     fig.suptitle(title)
@@ -133,7 +143,7 @@ def plot_workdir(workdir: str | Path) -> list[Path]:
         plot_curves(rows, out / "loss.png", title=workdir.name),
         plot_confusion(np.asarray(results["confusion_matrix"]), out / "confusion_matrix.png"),
     ]
-    first = params[sorted(params)[0]]["kernel"]  # Dense_0: (784, units or classes).
+    first = first_layer_kernel(params)
     what = "per class" if config.model.name == "linear" else "per hidden unit"
     written.append(
         plot_first_layer(first, out / "first_layer_weights.png", f"First-layer weights, {what}")
@@ -235,11 +245,9 @@ def plot_sweep(rows: list[dict[str, Any]], workdir: Path, fields: list[str]) -> 
         fig, axes = plt.subplots(len(same), 10, figsize=(12, 1.4 * len(same)), squeeze=False)
         for row_axes, r in zip(axes, same, strict=True):
             _, params, _ = checkpoint.restore_model(workdir / r["member"])
-            kernel = np.asarray(params[sorted(params)[0]]["kernel"])
+            kernel = first_layer_kernel(params)
             for k, ax in enumerate(row_axes):
-                w = kernel[:, k].reshape(28, 28)
-                lim = np.abs(w).max() or 1.0
-                ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
+                _show_weights(ax, kernel[:, k])
                 ax.set_xticks([])
                 ax.set_yticks([])
             row_axes[0].set_ylabel(f"{r['num_steps']} steps", fontsize=9)
