@@ -14,8 +14,7 @@ import ml_collections
 from mnist_jax.data import SOURCES
 from mnist_jax.errors import UserError
 from mnist_jax.models import KERNEL_INITS, MODELS
-
-OPTIMIZERS = ("adagrad", "sgd", "adam")
+from mnist_jax.optim import OPTIMIZERS, SCHEDULES
 
 # Fields that may differ when a run is resumed: they change how long or how observably a run
 # trains, never what a given step computes.
@@ -47,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_periods = 10  # Train/validation metrics are computed after each period.
     c.steps_per_call = 0  # Steps fused into one jitted call; 0: up to the next period end.
     c.eval_batch_size = 10_000
+    c.eval_train_examples = 10_000  # Train examples scored each period (fixed subset; 0: all).
     c.checkpoint_every_steps = 0  # 0: at the end of every period.
     c.checkpoints_to_keep = 3
     c.tensorboard = True
@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.hidden_units = (128,)
     c.model.dropout_rate = 0.0
     c.model.kernel_init = "glorot_uniform"
+    c.model.conv_features = (32, 64)  # cnn: filters of each 5x5 conv + 2x2 max-pool layer.
+    c.model.conv_impl = "auto"  # cnn: native | slices | auto (slices on CPU, native elsewhere).
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adagrad"
@@ -66,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 0.0  # Adagrad: TF1 adds no epsilon.
     c.optimizer.momentum = 0.0  # SGD only.
     c.optimizer.weight_decay = 0.0  # Added to the gradient (L2), before clipping.
+    c.optimizer.schedule = "constant"  # constant | warmup_cosine | one_cycle | linear
+    c.optimizer.warmup_fraction = 0.0  # Fraction of the steps spent warming up to the peak.
+    c.optimizer.final_lr_fraction = 0.0  # warmup_cosine, linear: end rate / peak rate.
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "auto"  # auto | mnist | idx | csv | tfds | sample
@@ -124,6 +129,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     need(0 <= o.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
     need(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    need(o.schedule in SCHEDULES, "optimizer.schedule", f"choose one of {', '.join(SCHEDULES)}")
+    need(0 <= o.warmup_fraction < 1, "optimizer.warmup_fraction", "must be in [0, 1)")
+    need(0 <= o.final_lr_fraction <= 1, "optimizer.final_lr_fraction", "must be in [0, 1]")
 
     d = config.data
     need(d.source in SOURCES, "data.source", f"choose one of {', '.join(SOURCES)}")

@@ -218,7 +218,7 @@ def _train_group(
     model = models.create_model(first.model, dataset.num_classes)
     engine = train.Engine(
         model,
-        train.make_optimizer(first.optimizer),
+        train.make_optimizer(first.optimizer, plan.num_steps),
         batch_size=first.batch_size,
         num_train=len(dataset.train),
     )
@@ -230,7 +230,7 @@ def _train_group(
     splits = {s: engine.put_splits(d, first.eval_batch_size) for s, d in datasets.items()}
     states = [
         jax.jit(train.init_state, static_argnums=(0, 1))(
-            model, train.make_optimizer(m.config.optimizer), m.config.seed
+            model, train.make_optimizer(m.config.optimizer, plan.num_steps), m.config.seed
         )
         for m in group
     ]

@@ -43,6 +43,7 @@ from mnist_jax import (
     models,
 )
 from mnist_jax.errors import UserError
+from mnist_jax.optim import make_optimizer
 
 # Independent PRNG streams, all derived from config.seed.
 INIT, DROPOUT, SHUFFLE, SPLIT = range(4)
@@ -60,61 +61,6 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     rng: jax.Array  # The run's root key (uint32[2]); never advanced, only folded.
-
-
-def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransformation:
-    """TF's `clip_by_global_norm`: all gradients times `max_norm / max(global_norm, max_norm)`.
-
-    Same maths as `optax.clip_by_global_norm`, written as one multiplication by a scale:
-    optax's `where(norm < max, g, g / norm * max)` compiles to different roundings with a
-    scalar and with a vmapped `max_norm`, and this form makes a sweep member's result equal
-    its single run to the bit.
-    """
-
-    def update(updates, state, params=None):
-        del params
-        norm = optax.tree.norm(updates)
-        scale = max_norm / jnp.maximum(norm, max_norm)
-        return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """`[add_decayed_weights] -> [clip_by_global_norm] -> adagrad | sgd | adam`.
-
-    Learning rate, clip norm and weight decay are injected hyperparameters: they live in the
-    optimizer state, so TensorBoard can log them and a sweep can vmap over them.
-    """
-    name = opt.name
-
-    def chain(learning_rate, clip_norm, weight_decay):
-        parts = []
-        if opt.weight_decay > 0:
-            parts.append(optax.add_decayed_weights(weight_decay))
-        if opt.clip_norm > 0:
-            parts.append(clip_by_global_norm(clip_norm))
-        if name == "adagrad":
-            parts.append(
-                optax.adagrad(
-                    learning_rate,
-                    initial_accumulator_value=opt.initial_accumulator_value,
-                    eps=opt.eps,
-                )
-            )
-        elif name == "sgd":
-            parts.append(optax.sgd(learning_rate, momentum=opt.momentum or None))
-        elif name == "adam":
-            parts.append(optax.adam(learning_rate))
-        else:
-            raise UserError(
-                f"unknown optimizer.name {name!r}; choose one of {config_lib.OPTIMIZERS}"
-            )
-        return optax.chain(*parts)
-
-    return optax.inject_hyperparams(chain)(
-        learning_rate=opt.learning_rate, clip_norm=opt.clip_norm, weight_decay=opt.weight_decay
-    )
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -435,7 +381,7 @@ def train_and_evaluate(
     dataset = data_lib.load_dataset(config.data, rng_stream(config.seed, SPLIT))
     plan = make_plan(config, len(dataset.train))
     model = models.create_model(config.model, dataset.num_classes)
-    tx = make_optimizer(config.optimizer)
+    tx = make_optimizer(config.optimizer, plan.num_steps)
     engine = Engine(
         model, tx, batch_size=config.batch_size, num_train=len(dataset.train), mesh=mesh
     )
