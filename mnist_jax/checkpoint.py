@@ -1,41 +1,85 @@
-"""Checkpoints with orbax: save, resume, and a one-call restore of a trained model.
+"""Checkpoints with orbax, each carrying a digest of its arrays that restore verifies.
 
-Orbax writes each checkpoint into a temporary directory and renames it into place once
-complete, so a crash mid-save never leaves a checkpoint that restores garbage; restore ignores
-the unfinished temporaries. A checkpoint that exists but cannot be read, or that holds arrays
-of other shapes than the model's, is a UserError naming it: never a silent fresh start.
+Layout (plain orbax can read it): `<workdir>/checkpoints/<step>/state` is a
+`StandardCheckpointHandler` item holding {step, params, opt_state, rng}, and
+`<workdir>/checkpoints/<step>/digest` a JSON item {"sha256": ...} over every array's path, dtype,
+shape and bytes. Orbax writes a step into a temporary directory and renames it into place once
+complete, so a crash mid-save never leaves a half checkpoint; but orbax does not checksum array
+bytes, so the digest is what catches a corrupted or truncated file. A checkpoint that cannot be
+read, does not match the model, or fails its digest is a UserError naming its directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mnist_jax import metrics
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+STATE, DIGEST = "state", "digest"
+
+
+def _host(x: Any) -> np.ndarray:
+    """A leaf as a host array (a replicated multi-process array: this process's copy)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
+def _name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    """{'opt_state/1/count': leaf}: paths spelled the same for dataclasses and saved dicts."""
+    return {"/".join(map(_name, p)): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def digest(tree: Any) -> str:
+    """SHA-256 over every array's path, dtype, shape and bytes, in path order."""
+    h = hashlib.sha256()
+    for path, x in sorted(_leaves(tree).items()):
+        a = np.ascontiguousarray(_host(x))
+        h.update(f"{path}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def as_dict(state: Any) -> dict[str, Any]:
+    """A TrainState as the dict that is saved (so that plain orbax restores it as a dict)."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "rng": state.rng}  # fmt: skip
 
 
 class Checkpointer:
     """A CheckpointManager that is always waited for and closed (use it as a context manager)."""
 
-    def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3):
-        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, create: bool = True):
+        self.directory = Path(directory).absolute()
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-                item_handlers=ocp.StandardCheckpointHandler(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
+                item_handlers={
+                    STATE: ocp.StandardCheckpointHandler(),
+                    DIGEST: ocp.JsonCheckpointHandler(),
+                },
             )
-        except OSError as e:
-            raise UserError(f"cannot create checkpoint directory {self.directory}: {e}") from None
+        except Exception as e:  # OSError, or orbax's ValueError for a file in the way.
+            raise UserError(
+                f"cannot open checkpoint directory {self.directory}: {_short(e)}"
+            ) from None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -48,15 +92,27 @@ class Checkpointer:
                 raise
             logging.warning("a checkpoint save failed too while stopping on %s", exc_type.__name__)
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
-        """Saves `state` at `step` (asynchronously; `wait`/`close` finish it)."""
+        """Saves `state` at `step` with its digest (arrays written asynchronously)."""
         if step in self._manager.all_steps():
             return
+        tree = as_dict(state)
         try:
-            self._manager.save(step, args=ocp.args.StandardSave(state))
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE: ocp.args.StandardSave(tree),
+                        DIGEST: ocp.args.JsonSave({"sha256": digest(tree)}),
+                    }
+                ),
+            )
         except Exception as e:  # OSError, or tensorstore's ValueError from a failed write.
             raise UserError(
                 f"cannot save checkpoint {self.directory / str(step)}: {_short(e)}"
@@ -69,24 +125,38 @@ class Checkpointer:
         except Exception as e:  # Re-raised from orbax's background save thread.
             raise UserError(f"checkpoint save in {self.directory} failed: {_short(e)}") from None
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+    def restore(self, abstract_state: Any | None, step: int | None = None) -> Any:
         """Restores `step` (default: the latest) into the structure, shapes and shardings of
-        `abstract_state` (from `jax.eval_shape`); None when there is no checkpoint."""
+        `abstract_state` (from `jax.eval_shape`), or as host arrays when it is None; checks
+        the digest. Returns the saved dict, or None when there is no checkpoint."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
         where = self.directory / str(step)
+        target = None if abstract_state is None else as_dict(abstract_state)
+        if target is not None:
+            try:
+                metadata = self._manager.item_metadata(step)[STATE]
+            except Exception as e:  # Orbax raises many types for unreadable metadata.
+                raise UserError(
+                    f"checkpoint {where} is unreadable ({_short(e)}); {ADVICE}"
+                ) from None
+            _check_shapes(metadata, target, where)
         try:
-            metadata = self._manager.item_metadata(step)
-        except Exception as e:  # Orbax raises many types for unreadable metadata.
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardRestore(target), DIGEST: ocp.args.JsonRestore()}
+                ),
+            )
+        except Exception as e:  # Truncated or corrupted array data or metadata.
+            raise UserError(f"checkpoint {where} is corrupt ({_short(e)}); {ADVICE}") from None
+        saved = (restored[DIGEST] or {}).get("sha256")
+        if saved != digest(restored[STATE]):
             raise UserError(
-                f"checkpoint {where} is unreadable ({_short(e)}); {_advice()}"
-            ) from None
-        _check_shapes(metadata, abstract_state, where)
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except Exception as e:  # Truncated or corrupted array data.
-            raise UserError(f"checkpoint {where} is corrupt ({_short(e)}); {_advice()}") from None
+                f"checkpoint {where} is corrupt (its arrays do not match their digest); {ADVICE}"
+            )
+        return restored[STATE]
 
     def close(self) -> None:
         """Finishes any pending save, then releases the manager's threads."""
@@ -99,21 +169,23 @@ class Checkpointer:
                 logging.warning("closing the checkpoint manager: %s", _short(e))
 
 
+ADVICE = (
+    "rerun with --fallback_checkpoint to resume from the newest intact older one, "
+    "or use a new --workdir"
+)
+
+
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _advice() -> str:
-    return "delete that step's directory to resume from an older one, or use a new --workdir"
-
-
-def _check_shapes(metadata: Any, abstract_state: Any, where: Path) -> None:
+def _check_shapes(metadata: Any, target: Any, where: Path) -> None:
     """Refuses a checkpoint whose arrays differ in structure or shape from the model's."""
     tree = getattr(metadata, "tree", metadata)
-    expected = _shapes(abstract_state)
+    expected = {k: tuple(getattr(x, "shape", ())) for k, x in _leaves(target).items()}
     try:
-        found = _shapes(tree)
+        found = {k: tuple(getattr(x, "shape", ())) for k, x in _leaves(tree).items()}
     except Exception:
         found = None
     if found != expected:
@@ -130,55 +202,16 @@ def _check_shapes(metadata: Any, abstract_state: Any, where: Path) -> None:
         )
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{'opt_state/count': (), ...}: paths spelled the same for dataclasses and saved dicts."""
-
-    def name(k) -> str:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(map(name, p)): tuple(getattr(x, "shape", ())) for p, x in leaves}
-
-
-def restore_model(
-    workdir: str | os.PathLike, step: int | None = None
-) -> tuple[Any, Any, ml_collections.ConfigDict]:
-    """Restores (model, params, config) from a run's workdir, for evaluation and prediction."""
-    from mnist_jax import models, train  # Deferred: train imports this module.
-
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{workdir} holds no config.json: not a mnist-jax run directory")
-    config = config_from_json(config_path)
-    model = models.create_model(config.model, int(_num_classes(workdir)))
-    tx = train.make_optimizer(config.optimizer)
-    abstract = jax.eval_shape(lambda: train.init_state(model, tx, config.seed))
-    with Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
-        state = ckpt.restore(abstract, step)
-    if state is None:
-        raise UserError(f"no checkpoint in {workdir / CHECKPOINT_DIR}: train first")
-    logging.info("restored %s at step %d", workdir, int(state.step))
-    return model, state.params, config
-
-
-def _num_classes(workdir: Path) -> int:
-    results = workdir / "results.json"
-    if results.is_file():
-        return metrics.read_json(results).get("num_classes", 10)
-    return 10
-
-
-def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Reads a config.json written by a run back into a ConfigDict (lists become tuples)."""
-    d = metrics.read_json(path)
-
-    def tuples(x):
-        if isinstance(x, dict):
-            return {k: tuples(v) for k, v in x.items()}
-        return tuple(x) if isinstance(x, list) else x
-
-    return ml_collections.ConfigDict(tuples(d))
+def restore_latest(
+    ckpt: Checkpointer, abstract_state: Any | None, fallback: bool = False
+) -> tuple[dict[str, Any] | None, int | None]:
+    """The newest checkpoint that restores; with `fallback`, a bad one is skipped (and said),
+    else its error stands. Returns (saved dict, step) or (None, None)."""
+    for step in reversed(ckpt.all_steps()):
+        try:
+            return ckpt.restore(abstract_state, step), step
+        except UserError as e:
+            if not fallback:
+                raise
+            logging.warning("skipping checkpoint %d: %s", step, e)
+    return None, None

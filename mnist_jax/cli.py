@@ -32,7 +32,7 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
     """Runs `fn(argv)` as the program's main."""
 
     def main(argv: list[str]) -> None:
-        from mnist_jax.train import Interrupted  # Imports jax: after flags are parsed.
+        from mnist_jax.driver import Interrupted  # Imports jax: after flags are parsed.
 
         verbose = logging.get_verbosity() >= logging.DEBUG
         if not verbose:
@@ -41,24 +41,38 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             # loop and Python would print a traceback for each; one line each is enough.
             sys.unraisablehook = _one_line_unraisable
         try:
-            sys.exit(fn(argv) or 0)
+            code = fn(argv) or 0
         except UserError as e:
             if verbose:
                 raise
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+            _exit(1)
         except Interrupted as e:
-            logging.warning("%s", e)
             print(str(e), file=sys.stderr)
-            sys.exit(128 + e.signum)
+            _exit(128 + e.signum)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, compiling).
             print(
                 "interrupted outside the training loop; saved checkpoints are intact",
                 file=sys.stderr,
             )
-            sys.exit(130)
+            _exit(130)
+        _exit(code)
 
     app.run(main, flags_parser=parse_flags)
+
+
+def _exit(code: int) -> None:
+    """Exits with `code`; if a library left a non-daemon thread running (orbax after a failed
+    save), ends the process anyway rather than hang at shutdown."""
+    import threading
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(t.is_alive() and not t.daemon for t in others):
+        logging.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _one_line_unraisable(unraisable) -> None:

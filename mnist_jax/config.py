@@ -164,3 +164,26 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted names of the fields whose values differ between two `to_dict` configs."""
     a, b = flatten(old), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def from_dict(d: Any, where: str = "config") -> ml_collections.ConfigDict:
+    """A config saved as JSON by a run, back as a ConfigDict (lists become tuples); fields
+    added since it was saved take their defaults."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: expected a JSON object, found {type(d).__name__}")
+
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(x) if isinstance(x, list) else x
+
+    base = to_dict(get_config())
+    merged = {**flatten(base), **flatten(tuples(d))}
+    out: dict[str, Any] = {}
+    for dotted, value in merged.items():
+        target = out
+        *path, last = dotted.split(".")
+        for part in path:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return ml_collections.ConfigDict(tuples(out))

@@ -481,3 +481,21 @@ def make_dataset(
         len(test),
     )
     return Dataset(train.take(rows), train.take(val_rows), test, source, location, rows)
+
+
+def load_test(data_config) -> tuple[Split, str, str]:
+    """(test, source_used, location) of `config.data` without reading the training split where
+    the format allows (IDX, CSV): what evaluation of a trained model needs."""
+    source = data_config.source
+    if source == "idx" and data_config.dir:
+        d = Path(data_config.dir)
+        if not d.is_dir():
+            raise UserError(f"data directory {d} does not exist")
+        test = load_idx_split(
+            _find(d, "t10k-images-idx3-ubyte"), _find(d, "t10k-labels-idx1-ubyte")
+        )
+        return test, "idx", str(d)
+    if source == "csv":
+        return read_csv(data_config.test_file), "csv", str(data_config.test_file)
+    _, test, used, location = load_train_test(data_config)
+    return test, used, location

@@ -1,7 +1,14 @@
-"""`--mode=eval`: the latest checkpoint of a workdir on the test set, without training."""
+"""A trained run's model back for inference, and `--mode=eval` on the run's own data.
+
+Restoring needs only the run's config.json and a checkpoint: not the optimizer (the arrays
+are restored as saved and the parameters taken out), not results.json (the class count is
+read off the parameters), and evaluation needs no training split.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,56 +17,108 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import checkpoint, config as config_lib, data as data_lib, metrics, train
+from mnist_jax import checkpoint, data as data_lib, models, step as step_lib
+from mnist_jax.errors import UserError
+from mnist_jax.rundir import EVAL_RESULTS, RunDir
+from mnist_jax.sharding import Placement
 
 
-def evaluate_workdir(
-    workdir: str | Path, config: ml_collections.ConfigDict | None = None
-) -> dict[str, Any]:
-    """Evaluates the workdir's latest checkpoint on the test split of `config.data` (default:
-    the data the run trained on) and writes eval_results.json."""
-    workdir = Path(workdir)
-    model, params, saved = checkpoint.restore_model(workdir)
-    data_config = saved.data
-    results = workdir / "results.json"
-    if config is not None and config_lib.to_dict(config.data) != config_lib.to_dict(saved.data):
-        data_config = config.data  # The user asked for other data.
-    elif results.exists():
-        done = metrics.read_json(results)
-        data_config = data_lib.data_config_used(
-            saved.data, done["data_source"], done.get("data_location", "")
-        )
-    train_split, test, source, location = data_lib.load_train_test(data_config)
-    engine = train.Engine(
-        model,
-        train.make_optimizer(saved.optimizer),
-        batch_size=1,
-        num_train=len(train_split),
-    )
-    m = engine.eval_split(params, engine.put_eval(test, saved.eval_batch_size))
-    result = {
-        "test": {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": len(test)},
-        "confusion_matrix": m["confusion_matrix"].tolist(),
-        "data_source": source,
-        "data_location": location,
-    }
-    logging.info(
-        "eval of %s: test log_loss %.4f accuracy %.2f%% (%d digits, %s)",
-        workdir,
-        m["log_loss"],
-        100 * m["accuracy"],
-        len(test),
-        source,
-    )
-    print(f"test accuracy {100 * m['accuracy']:.2f}% log_loss {m['log_loss']:.4f} ({source})")
-    if jax.process_index() == 0:
-        metrics.write_json(workdir / "eval_results.json", result)
-    return result
+def restore_model(
+    workdir: str | os.PathLike, step: int | None = None
+) -> tuple[Any, Any, ml_collections.ConfigDict]:
+    """(model, params, config) of a run's latest (or `step`'s) checkpoint."""
+    rundir = RunDir(workdir)
+    config = rundir.saved_config()
+    if config is None:
+        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+    if not rundir.checkpoints.is_dir():
+        raise UserError(f"no checkpoint in {rundir.checkpoints}: train first")
+    with checkpoint.Checkpointer(rundir.checkpoints, create=False) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"no checkpoint in {rundir.checkpoints}: train first")
+        saved = ckpt.restore(None, step)
+    params = saved["params"]
+    model = _model_for(config, params, rundir.checkpoints / str(step))
+    logging.info("restored %s at step %d", rundir.path, int(saved["step"]))
+    return model, params, config
 
 
-def predict_probs(model, params, images: np.ndarray, batch: int = 10_000) -> np.ndarray:
+def _model_for(config: ml_collections.ConfigDict, params: Any, where: Path) -> Any:
+    """The configured model whose parameter shapes match `params` (this finds the class
+    count, the one thing config.json does not say)."""
+    shapes = jax.tree_util.tree_map(np.shape, params)
+    candidates = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
+    for k in sorted(candidates):
+        model = models.create_model(config.model, int(k))
+        abstract = jax.eval_shape(functools.partial(step_lib.init_params, model), 0)
+        if jax.tree_util.tree_map(lambda x: x.shape, abstract) == shapes:
+            return model
+    raise UserError(f"checkpoint {where} does not match the model in its run's config.json")
+
+
+def predict_probs(model: Any, params: Any, images: np.ndarray, batch: int = 10_000) -> np.ndarray:
     """Class probabilities (n, classes) for uint8 images (n, 784)."""
-    apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, train.scale_images(x))))
+    apply = jax.jit(functools.partial(step_lib.predict_probs, model=model))
+    if len(images) == 0:
+        return np.zeros((0, model.num_classes), np.float32)
     return np.concatenate(
         [np.asarray(apply(params, images[i : i + batch])) for i in range(0, len(images), batch)]
     )
+
+
+def run_data_config(rundir: RunDir, overrides: dict[str, Any] | None = None):
+    """The data a run trained on (`auto` pinned to what it used, from results.json), with
+    the data fields the user gave explicitly on top."""
+    config = rundir.saved_config()
+    if config is None:
+        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+    data_config = config.data
+    results = rundir.results()
+    if results and results.get("data_source"):
+        data_config = data_lib.data_config_used(
+            data_config, results["data_source"], results.get("data_location", "")
+        )
+    if overrides:
+        data_config = data_config.copy_and_resolve_references()
+        with data_config.unlocked():
+            for k, v in overrides.items():
+                data_config[k] = v
+    return data_config
+
+
+def evaluate_workdir(
+    workdir: str | os.PathLike, data_overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Scores the latest checkpoint on the test split of the run's own data (or of the data
+    fields in `data_overrides`) and writes eval_results.json."""
+    rundir = RunDir(workdir)
+    data_config = run_data_config(rundir, data_overrides)
+    rundir.check_writable()
+    model, params, config = restore_model(workdir)
+    test, source, location = data_lib.load_test(data_config)
+    placement = Placement()
+    split = placement.put_eval(test, config.eval_batch_size)
+    sums = jax.device_get(
+        jax.jit(functools.partial(step_lib.eval_sums, model=model))(
+            params, split.images, split.labels, split.size
+        )
+    )
+    n = max(len(test), 1)
+    result = {
+        "test": {
+            "log_loss": float(sums["loss_sum"]) / n,
+            "accuracy": float(sums["correct"]) / n,
+            "size": len(test),
+        },
+        "confusion_matrix": np.asarray(sums["confusion"]).tolist(),
+        "data_source": source,
+        "data_location": location,
+    }
+    t = result["test"]
+    print(
+        f"test accuracy {100 * t['accuracy']:.2f}% log_loss {t['log_loss']:.4f} "
+        f"on {len(test)} digits of {source} ({location})"
+    )
+    rundir.write_json(EVAL_RESULTS, result)
+    return result

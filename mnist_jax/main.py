@@ -1,24 +1,41 @@
-"""Command line: `python -m mnist_jax.main --config=configs/dnn.py --workdir=runs/dnn`.
+"""Train (or resume, or score) an MNIST classifier.
 
-Thin on purpose: flags in, `train.train_and_evaluate` (or evaluation of a saved run) out;
-`cli.run` turns errors into one line and an exit status.
+    python -m mnist_jax.main --config=configs/dnn.py --workdir=runs/dnn
+    python -m mnist_jax.main --config=configs/dnn.py --workdir=runs/lr01 \\
+        --config.optimizer.learning_rate=0.1
+    python -m mnist_jax.main --config=configs/dnn.py --show_config   # every field, explained
+    python -m mnist_jax.main --workdir=runs/dnn --mode=eval           # the run's own test set
+
+Rerunning the same command resumes from the latest checkpoint; a finished run is left as it is.
 """
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+import sys
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from mnist_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and resume) or eval only.")
+    "config", None, "A config file (configs/dnn.py) or shipped name; override any field with "
+    "--config.FIELD=VALUE (see --show_config).", lock_config=True
+)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"], "train (resuming if the workdir has a checkpoint), or "
+    "eval: score the workdir's latest checkpoint on its own test data (--config optional)."
+)  # fmt: skip
+_SHOW = flags.DEFINE_bool("show_config", False, "Print every config field and exit.")
 _ALLOW_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a workdir even if its config.json differs."
-)
+    "allow_config_change", False, "Resume a workdir whose config.json differs; the new "
+    "learning rate, clip norm and weight decay take effect."
+)  # fmt: skip
+_FALLBACK = flags.DEFINE_bool(
+    "fallback_checkpoint", False, "If the latest checkpoint is corrupt, resume from the "
+    "newest intact older one instead of stopping."
+)  # fmt: skip
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "host:port of process 0, for a multi-process run by hand."
 )
@@ -27,33 +44,71 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-ba
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout", 300, "Seconds to wait for all processes to join."
 )
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(argv: list[str]) -> int:
     """Runs the requested mode; returns the process exit status."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from mnist_jax import config as config_lib
+    from mnist_jax.errors import UserError
+
+    config = _CONFIG.value
+    if _SHOW.value:
+        if config is None:
+            raise UserError("--show_config needs --config=FILE")
+        print(config_lib.describe(config))
+        return 0
+    if not _WORKDIR.value:
+        raise UserError("--workdir is required (where the run's files go)")
+    if config is None and _MODE.value == "train":
+        raise UserError("--config is required to train (e.g. --config=configs/dnn.py)")
+
     import jax
 
-    from mnist_jax import distributed, evaluate, train  # Imported after flags parse: jax.
+    from mnist_jax import api, distributed, evaluate  # Imported after flags parse: jax.
 
     distributed.initialize(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
     )
-
-    config = _CONFIG.value
     if _MODE.value == "eval":
-        evaluate.evaluate_workdir(_WORKDIR.value, config)
-    else:
-        train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-        if config.plots and jax.process_count() == 1:
-            from mnist_jax import plot
-
-            plot.plot_workdir(_WORKDIR.value)
-        elif config.plots:  # Restoring for plots would wait on the other processes' orbax.
-            logging.info("multi-process run: plot it with python -m mnist_jax.plot --workdir=...")
+        evaluate.evaluate_workdir(_WORKDIR.value, data_overrides(sys.argv, config))
+        return 0
+    if jax.process_count() > 1 and config.plots:
+        config = config.copy_and_resolve_references()
+        config.plots = False  # Figures need the whole test set in one process: plot it after.
+    result = api.train(
+        config,
+        _WORKDIR.value,
+        allow_config_change=_ALLOW_CHANGE.value,
+        fallback_checkpoint=_FALLBACK.value,
+        t0=process_start_time(),
+    )
+    if jax.process_index() == 0:
+        print(result.summary())
     return 0
+
+
+def data_overrides(argv: list[str], config) -> dict:
+    """The `--config.data.FIELD` values given explicitly on the command line (typed)."""
+    names = {a.split("=", 1)[0].removeprefix("--config.data.") for a in argv
+             if a.startswith("--config.data.")}  # fmt: skip
+    return {n: config.data[n] for n in names if config is not None and n in config.data}
+
+
+def process_start_time() -> float:
+    """When this process started (Linux: /proc), so wall times include imports."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(ln.split()[1]) for ln in f if ln.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 if __name__ == "__main__":

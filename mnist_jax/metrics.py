@@ -1,77 +1,27 @@
-"""What a run writes about itself: metrics.jsonl, TensorBoard scalars, JSON summaries.
+"""What a run reports while it trains: metrics.jsonl rows, TensorBoard, the progress bar.
 
-Only process 0 writes (`jax.process_index() == 0`); other processes get a writer that does
-nothing, so that callers need no `if` of their own.
+A metrics.jsonl row is {"step", "split", "log_loss", "accuracy", "size", "time_s", ...}:
+`split` is "train" (a fixed subset of `config.eval_train_examples` training examples, `size`
+of them) or "validation"; `time_s` is seconds since the command started. Only process 0
+writes (`RunDir.active`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
+import sys
+import time
 from typing import Any
 
-import jax
-import numpy as np
+import ml_collections
+from absl import logging
 
-from mnist_jax.errors import UserError
+from mnist_jax import config as config_lib
+from mnist_jax.rundir import METRICS as METRICS_FILE, RunDir, read_json, read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["METRICS_FILE", "MetricWriter", "read_json", "read_jsonl"]  # read_* live in rundir.
 
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replaces a file's text atomically (temp file + rename): a reader never sees half a
-    file, and a failed write (full disk) leaves the previous version in place."""
-    path = Path(path)
-    f = None
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(f.name, path)
-    except OSError as e:
-        if f is not None:
-            Path(f.name).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically; NaN and inf are refused, never written."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    write_text_atomic(path, text + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Reads a JSON file; an unreadable one is a UserError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON ({e})") from None
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a metrics.jsonl, skipping a last line cut short by a crash."""
-    rows = []
-    path = Path(path)
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serializable: {type(x)}")
+T0 = time.time()  # Replaced by the command line with the process's start time.
 
 
 def finite(x: float) -> float | None:
@@ -81,43 +31,91 @@ def finite(x: float) -> float | None:
 
 
 class MetricWriter:
-    """Appends one JSON object per evaluation to metrics.jsonl and mirrors scalars to
-    TensorBoard (tensorboardX: no TensorFlow needed)."""
+    """Appends one row per split per evaluation to metrics.jsonl and mirrors the scalars to
+    TensorBoard (tensorboardX: no TensorFlow needed); at the end, the test metrics and the
+    config as hyperparameters (TensorBoard's HParams view)."""
 
-    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
-        self.active = jax.process_index() == 0
-        self.path = Path(workdir) / METRICS_FILE
+    def __init__(self, rundir: RunDir, tensorboard: bool = True):
+        self.rundir = rundir
         self._tb = None
-        if self.active and tensorboard:
+        if rundir.active and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
-
-    def truncate_after(self, step: int) -> None:
-        """Drops rows logged after `step` (by a run that died before its next checkpoint), so
-        that a resumed run's dump reads as if it had never stopped."""
-        if not self.active or not self.path.exists():
-            return
-        rows = [r for r in read_jsonl(self.path) if r["step"] <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+            self._tb = SummaryWriter(str(rundir.file("tensorboard")))
 
     def write(self, step: int, split: str, **values: float) -> None:
         """Logs one evaluation of `split` at `step`."""
-        if not self.active:
-            return
-        row = {"step": int(step), "split": split}
+        row: dict[str, Any] = {"step": int(step), "split": split}
         row.update({k: finite(v) for k, v in values.items()})
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror}") from None
+        row["time_s"] = round(time.time() - T0, 3)
+        self.rundir.append_metrics([row])
         if self._tb is not None:
             for k, v in values.items():
-                if math.isfinite(v):
+                if k != "size" and math.isfinite(v):
                     self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def final(self, config: ml_collections.ConfigDict, results: dict[str, Any]) -> None:
+        """Test metrics and the config as hparams, at the end of a run."""
+        if self._tb is None:
+            return
+        step = results["num_steps"]
+        scores = {}
+        for split, m in results["final"].items():
+            for k in ("log_loss", "accuracy"):
+                self._tb.add_scalar(f"{split}/final_{k}", m[k], step)
+                scores[f"hparam/{split}_{k}"] = m[k]
+        flat = config_lib.flatten(config_lib.to_dict(config))
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()
+        }
+        self._tb.add_hparams(hparams, scores, name=".", global_step=step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class _Bar:
+    """tqdm's auto bar (terminal or Jupyter) with period lines written above it; without a
+    terminal or notebook, period lines go to the log and no bar is drawn."""
+
+    def __init__(self, total: int, initial: int, members: int, enabled: bool | None):
+        from tqdm.auto import tqdm
+
+        if enabled is None:
+            enabled = sys.stderr.isatty() or _in_notebook()
+        unit = "step" if members == 1 else f"step x{members}"
+        self._tqdm = tqdm(total=total, initial=initial, unit=unit, disable=not enabled,
+                          dynamic_ncols=True, leave=True)  # fmt: skip
+        self.enabled = enabled
+
+    def update(self, n: int) -> None:
+        self._tqdm.update(n)
+
+    def set_postfix_str(self, text: str) -> None:
+        self._tqdm.set_postfix_str(text, refresh=False)
+
+    def log(self, line: str) -> None:
+        if self.enabled:
+            self._tqdm.write(line, file=sys.stderr)
+        else:
+            logging.info("%s", line)
+
+    def close(self) -> None:
+        self._tqdm.close()
+
+
+def progress_bar(total: int, initial: int, members: int, enabled: bool | None) -> _Bar:
+    """A progress bar over a run's steps (None: on where a person is watching)."""
+    return _Bar(total, initial, members, enabled)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return type(shell).__name__ == "ZMQInteractiveShell"

@@ -19,7 +19,6 @@ import numpy as np
 from absl import flags
 
 from mnist_jax import (
-    checkpoint,
     cli,
     config as config_lib,
     data as data_lib,
@@ -136,7 +135,7 @@ def plot_workdir(workdir: str | Path) -> list[Path]:
     results = metrics.read_json(workdir / "results.json")
     if "final" not in results:
         raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
-    model, params, config = checkpoint.restore_model(workdir)
+    model, params, config = evaluate.restore_model(workdir)
     out = workdir / PLOTS_DIR
     out.mkdir(exist_ok=True)
     written = [
@@ -244,7 +243,7 @@ def plot_sweep(rows: list[dict[str, Any]], workdir: Path, fields: list[str]) -> 
         same.sort(key=lambda r: r["num_steps"])
         fig, axes = plt.subplots(len(same), 10, figsize=(12, 1.4 * len(same)), squeeze=False)
         for row_axes, r in zip(axes, same, strict=True):
-            _, params, _ = checkpoint.restore_model(workdir / r["member"])
+            _, params, _ = evaluate.restore_model(workdir / r["member"])
             kernel = first_layer_kernel(params)
             for k, ax in enumerate(row_axes):
                 _show_weights(ax, kernel[:, k])
@@ -274,3 +273,9 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
     flags.DEFINE_string("out", "compare.png", "Output file of --compare.")
     cli.run(main)
+
+
+def save_run_outputs(run: Any, probs: np.ndarray) -> list[Path]:
+    """plots/ and report.md of a run just trained (interim: re-reads the workdir)."""
+    del probs
+    return plot_workdir(run.workdir)

@@ -65,12 +65,12 @@ _CSV = flags.DEFINE_string("csv", None, "A CSV file of rows 'label,784 pixels' t
 
 
 def main(argv: list[str]) -> int:
-    from mnist_jax import checkpoint, evaluate
+    from mnist_jax import evaluate
 
     paths = argv[1:]
     if not _WORKDIR.value or not (paths or _CSV.value):
         raise UserError("usage: python -m mnist_jax.predict --workdir=RUN IMAGE... | --csv=FILE")
-    model, params, _ = checkpoint.restore_model(_WORKDIR.value)
+    model, params, _ = evaluate.restore_model(_WORKDIR.value)
     failures = 0
     if _CSV.value:
         rows = data_lib.read_csv(_CSV.value)

@@ -87,3 +87,31 @@ _FULL_MNIST = os.environ.get("MNIST_JAX_DATA_DIR", "")
 def full_mnist_dir() -> str | None:
     """$MNIST_JAX_DATA_DIR when it holds full MNIST (.ci/run sets it), else None."""
     return _FULL_MNIST if _FULL_MNIST and data.has_idx_files(_FULL_MNIST) else None
+
+
+def train_results(config, workdir, **kwargs) -> dict:
+    """Trains `config` in `workdir` through the Python API; returns results.json's content."""
+    from mnist_jax import api
+
+    return api.train(config, workdir, progress=False, **kwargs).results
+
+
+def latest_checkpoint(workdir: Path) -> int | None:
+    """The newest checkpoint step in a run directory (None: none)."""
+    from mnist_jax import checkpoint
+
+    with checkpoint.Checkpointer(Path(workdir) / "checkpoints") as c:
+        return c.latest_step()
+
+
+# Fields of a metrics.jsonl row that depend on the clock or on how steps were grouped into
+# jitted calls; every other field reproduces to the bit.
+UNTIMED = ("examples_per_sec", "time_s", "batch_loss")
+
+
+def metric_rows(workdir: Path) -> list[dict]:
+    """The metric dump without its clock-dependent fields."""
+    from mnist_jax.rundir import read_jsonl
+
+    return [{k: v for k, v in r.items() if k not in UNTIMED}
+            for r in read_jsonl(Path(workdir) / "metrics.jsonl")]  # fmt: skip

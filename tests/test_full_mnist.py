@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_jax import train
-
-from conftest import REPO, full_mnist_dir
+from conftest import REPO, full_mnist_dir, train_results
 
 pytestmark = pytest.mark.skipif(
     full_mnist_dir() is None, reason="needs full MNIST: set MNIST_JAX_DATA_DIR to the IDX files"
@@ -31,6 +29,6 @@ def test_config_reaches_its_accuracy(tmp_path, name, minimum):
     config.data.source = "idx"
     config.data.dir = full_mnist_dir()
     config.tensorboard = False
-    results = train.train_and_evaluate(config, tmp_path)
+    results = train_results(config, tmp_path)
     assert results["final"]["test"]["size"] == 10_000
     assert results["final"]["test"]["accuracy"] >= minimum

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_jax import checkpoint, data, evaluate, metrics, plot, train
+from mnist_jax import data, evaluate, metrics, plot
 
 from conftest import REPO, small_config
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory, idx_dir):
     workdir = tmp_path_factory.mktemp("run")
     c = small_config(idx_dir, "dnn", batch_size=50, num_steps=400, tensorboard=True)
     c.model.hidden_units = (128,)
-    results = train.train_and_evaluate(c, workdir)
+    results = train_results(c, workdir)
     assert results["final"]["train"]["accuracy"] > 0.95
     return workdir
 
@@ -39,7 +39,7 @@ def test_every_plot_and_the_report(tmp_path, idx_dir, trained, name):
     workdir = trained
     if name == "linear":
         workdir = tmp_path
-        train.train_and_evaluate(small_config(idx_dir, "linear"), workdir)
+        train_results(small_config(idx_dir, "linear"), workdir)
     paths = plot.plot_workdir(workdir)
     for png in PNGS:
         _assert_png(workdir / "plots" / f"{png}.png")
@@ -73,7 +73,7 @@ def test_compare_cli(tmp_path, idx_dir, trained):
     c = small_config(idx_dir, "dnn", batch_size=50, num_steps=400)
     c.model.hidden_units = (128,)
     c.optimizer.learning_rate = 0.01
-    train.train_and_evaluate(c, other)
+    train_results(c, other)
     out = tmp_path / "cmp.png"
     proc = subprocess.run(
         [
@@ -132,7 +132,7 @@ def test_predict_csv(tmp_path, trained, idx_dir):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    model, params, _ = checkpoint.restore_model(trained)
+    model, params, _ = evaluate.restore_model(trained)
     expected = evaluate.predict_probs(model, params, train_split.images[:50]).argmax(1)
     printed = [int(ln.split()[2]) for ln in proc.stdout.splitlines() if ln.startswith("row ")]
     assert printed == expected.tolist()

@@ -11,25 +11,19 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, metrics, train
+from mnist_jax import driver, evaluate
 from mnist_jax.errors import UserError
 
-from conftest import REPO, main_args, small_config
+from conftest import REPO, latest_checkpoint, main_args, metric_rows, small_config, train_results
 
 
 def params_of(workdir):
-    return checkpoint.restore_model(workdir)[1]
+    return evaluate.restore_model(workdir)[1]
 
 
 def same_params(a, b) -> bool:
     pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
     return all(np.array_equal(x, y) for x, y in pairs)
-
-
-def metric_rows(workdir):
-    """The metric dump without the wall-clock field, which no rerun reproduces."""
-    rows = metrics.read_jsonl(workdir / "metrics.jsonl")
-    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
 
 
 @pytest.fixture
@@ -38,35 +32,35 @@ def dropout_config(idx_dir):
 
 
 def test_same_seed_twice_is_bit_identical(tmp_path, dropout_config):
-    train.train_and_evaluate(dropout_config, tmp_path / "a")
-    train.train_and_evaluate(dropout_config, tmp_path / "b")
+    train_results(dropout_config, tmp_path / "a")
+    train_results(dropout_config, tmp_path / "b")
     assert same_params(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
 
 
 def test_different_seed_gives_different_parameters(tmp_path, dropout_config):
-    train.train_and_evaluate(dropout_config, tmp_path / "a")
+    train_results(dropout_config, tmp_path / "a")
     dropout_config.seed = 1
-    train.train_and_evaluate(dropout_config, tmp_path / "b", allow_config_change=True)
+    train_results(dropout_config, tmp_path / "b", allow_config_change=True)
     assert not same_params(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
 
 
 def test_resume_n_to_2n_equals_2n(tmp_path, dropout_config):
     full = dropout_config.copy_and_resolve_references()
     full.num_steps = 120
-    train.train_and_evaluate(full, tmp_path / "full")
+    train_results(full, tmp_path / "full")
     dropout_config.num_steps = 60
-    train.train_and_evaluate(dropout_config, tmp_path / "resumed")
+    train_results(dropout_config, tmp_path / "resumed")
     dropout_config.num_steps = 120
-    results = train.train_and_evaluate(dropout_config, tmp_path / "resumed")
+    results = train_results(dropout_config, tmp_path / "resumed")
     assert results["resumed_from_step"] == 60
     assert same_params(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, dropout_config):
-    first = train.train_and_evaluate(dropout_config, tmp_path)
+    first = train_results(dropout_config, tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    second = train.train_and_evaluate(dropout_config, tmp_path)
+    second = train_results(dropout_config, tmp_path)
     assert second == first
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
@@ -94,7 +88,7 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by SIGTERM at step" in err
-    stopped_at = checkpoint.Checkpointer(interrupted).latest_step()
+    stopped_at = latest_checkpoint(interrupted)
     assert 0 < stopped_at < 3000
 
     resumed = subprocess.run(args(interrupted), cwd=REPO, capture_output=True, text=True)
@@ -112,12 +106,12 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
 def test_divergence_stops_with_the_step_and_writes_no_nan(tmp_path, idx_dir):
     c = small_config(idx_dir, "dnn", **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e4})
     c.optimizer.clip_norm = 0.0
-    with pytest.raises(train.Diverged, match=r"non-finite loss at step \d+"):
-        train.train_and_evaluate(c, tmp_path)
+    with pytest.raises(driver.Diverged, match=r"non-finite loss at step \d+"):
+        train_results(c, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["diverged"]["step"] >= 0
     assert "NaN" not in (tmp_path / "results.json").read_text()
-    assert checkpoint.Checkpointer(tmp_path).latest_step() is None
+    assert latest_checkpoint(tmp_path) is None
 
 
 def _corrupt(directory, which: str) -> None:
@@ -133,22 +127,22 @@ def _corrupt(directory, which: str) -> None:
 @pytest.mark.parametrize("which", ["everything", "truncated arrays"])
 def test_corrupt_checkpoint_is_a_clear_error_and_older_ones_survive(tmp_path, idx_dir, which):
     c = small_config(idx_dir, "linear")
-    train.train_and_evaluate(c, tmp_path)
+    train_results(c, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [20, 40, 60]
     _corrupt(tmp_path / "checkpoints" / "60", which)
     c.num_steps = 80
     with pytest.raises(UserError, match=r"checkpoint .*checkpoints/60 is (corrupt|unreadable)"):
-        train.train_and_evaluate(c, tmp_path)
+        train_results(c, tmp_path)
     assert (tmp_path / "checkpoints" / "40").is_dir()
 
 
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path, idx_dir):
     c = small_config(idx_dir, "dnn", **{"model.hidden_units": (32,)})
-    train.train_and_evaluate(c, tmp_path)
+    train_results(c, tmp_path)
     c.model.hidden_units = (64,)
     with pytest.raises(UserError, match="holds a run of a different config"):
-        train.train_and_evaluate(c, tmp_path)
+        train_results(c, tmp_path)
     mismatch = r"does not match this config's model.*\(32,\) there, \(64,\) here"
     with pytest.raises(UserError, match=mismatch):
-        train.train_and_evaluate(c, tmp_path, allow_config_change=True)
+        train_results(c, tmp_path, allow_config_change=True)

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, data, metrics
+from mnist_jax import data, evaluate, metrics
 
-from conftest import REPO, main_args
+from conftest import REPO, latest_checkpoint, main_args, metric_rows
 
 
 def _args(idx_dir, workdir, *extra):
@@ -44,7 +44,7 @@ def _one_error_line(proc) -> str:
 
 
 def _same_params(a, b) -> bool:
-    pa, pb = checkpoint.restore_model(a)[1], checkpoint.restore_model(b)[1]
+    pa, pb = evaluate.restore_model(a)[1], evaluate.restore_model(b)[1]
     pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
     return all(np.array_equal(x, y) for x, y in pairs)
 
@@ -66,11 +66,6 @@ _LONG = [
     "--config.checkpoint_every_steps=40",
     "--config.steps_per_call=10",
 ]
-
-
-def _rows(workdir):
-    rows = metrics.read_jsonl(workdir / "metrics.jsonl")
-    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
 
 
 def _start_and_signal(args, workdir, sig, min_rows) -> subprocess.Popen:
@@ -101,7 +96,7 @@ def test_signal_at_a_random_point_then_resume_is_exact(tmp_path, idx_dir, refere
     resumed = _run(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _same_params(tmp_path, reference)
-    assert _rows(tmp_path) == _rows(reference)
+    assert metric_rows(tmp_path) == metric_rows(reference)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -143,7 +138,7 @@ def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, id
         if path.name not in ("metrics.jsonl", "config.json"):
             assert path.read_bytes() == content, path
     assert metrics.read_json(tmp_path / "config.json")["num_steps"] == 80
-    assert checkpoint.Checkpointer(tmp_path).latest_step() == 40
+    assert latest_checkpoint(tmp_path) == 40
     # With room on the disk again, the same command resumes and finishes.
     resumed = _run(_args(idx_dir, tmp_path, "--config.num_steps=80", "--config.num_periods=4"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

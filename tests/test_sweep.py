@@ -9,19 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, metrics, sweep, train
+from mnist_jax import evaluate, metrics, sweep
 from mnist_jax.errors import UserError
 
-from conftest import small_config
+from conftest import metric_rows, small_config, train_results
 
 
 def _params(workdir):
-    return checkpoint.restore_model(workdir)[1]
-
-
-def _rows(workdir):
-    rows = metrics.read_jsonl(workdir / "metrics.jsonl")
-    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+    return evaluate.restore_model(workdir)[1]
 
 
 def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
@@ -33,7 +28,7 @@ def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
     assert accs == sorted(accs, reverse=True)
     for m in sweep.members(c, specs):
         single = tmp_path / "single" / m.name
-        results = train.train_and_evaluate(m.config, single)
+        results = train_results(m.config, single)
         member = tmp_path / "sweep" / m.name
         pairs = zip(
             jax.tree_util.tree_leaves(_params(single)),
@@ -41,7 +36,7 @@ def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
             strict=True,
         )
         assert all(np.array_equal(a, b) for a, b in pairs), m.name
-        assert _rows(single) == _rows(member), m.name
+        assert metric_rows(single) == metric_rows(member), m.name
         assert metrics.read_json(member / "results.json")["final"] == results["final"]
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
     with open(tmp_path / "sweep" / "sweep.csv") as f:

@@ -1,0 +1,187 @@
+"""The Python API, what notebooks and the command line call.
+
+import mnist_jax as mj
+config = mj.load_config("dnn", num_steps=2000)
+run = mj.train(config, "runs/dnn")       # progress bar in a terminal or Jupyter
+run.results["final"]["test"]["accuracy"], run.history, run.figures()
+run.predict(images)                      # (n, 784) or (n, 28, 28) uint8 -> (n, 10) probs
+run = mj.load_run("runs/dnn")            # a finished run, the same object
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mnist_jax import config as config_lib, data as data_lib, driver, evaluate, metrics
+from mnist_jax.errors import UserError
+from mnist_jax.rundir import RunDir
+
+CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(directory: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache so a second run of a config compiles in
+    well under a second. Default: $MNIST_JAX_COMPILATION_CACHE, else <user cache>/mnist_jax/jax;
+    '0' or 'off' disables it. Trust: compiled programs are loaded from that directory, so keep
+    it private to you (it is under your own cache directory by default)."""
+    directory = directory or os.environ.get(CACHE_ENV, "")
+    if directory.lower() in ("0", "off", "false", "none"):
+        return None
+    if not directory:
+        cache = os.environ.get("XDG_CACHE_HOME", "~/.cache")
+        directory = str(Path(cache).expanduser() / "mnist_jax" / "jax")
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+def load_config(name_or_path: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """A shipped config by name ('dnn') or a config file by path, with dotted overrides given
+    as keyword arguments with '__' for '.': load_config('dnn', optimizer__learning_rate=0.1)."""
+    return config_lib.load(name_or_path, {k.replace("__", "."): v for k, v in overrides.items()})
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: its config, final parameters, metric history and results."""
+
+    workdir: Path
+    config: ml_collections.ConfigDict
+    model: Any
+    params: Any
+    results: dict[str, Any]
+    history: list[dict[str, Any]]
+    test: data_lib.Split | None = None  # The test split scored, when it is in memory.
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.results["final"]["test"]["accuracy"]
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Class probabilities of uint8 images shaped (n, 784), (n, 28, 28) or (28, 28)."""
+        x = np.asarray(images)
+        if x.ndim == 2 and x.shape == (28, 28):
+            x = x[None]
+        x = x.reshape(len(x), -1)
+        if x.shape[1] != data_lib.NUM_PIXELS:
+            raise UserError(f"images must have 784 pixels each, got shape {np.shape(images)}")
+        if x.dtype != np.uint8:
+            if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 255):
+                raise UserError("images must be uint8 pixels 0-255 (scale floats by 255)")
+            x = np.rint(x).astype(np.uint8)
+        return evaluate.predict_probs(self.model, self.params, x)
+
+    def test_split(self) -> data_lib.Split:
+        if self.test is None:
+            data_config = evaluate.run_data_config(RunDir(self.workdir))
+            self.test = data_lib.load_test(data_config)[0]
+        return self.test
+
+    def figures(self) -> dict[str, Any]:
+        """The run's matplotlib figures (curves, confusion matrix, first-layer weights, ...)."""
+        from mnist_jax import plot
+
+        test = self.test_split()
+        return plot.run_figures(self, self.predict(test.images))
+
+    def save_outputs(self) -> list[Path]:
+        """Writes plots/ and report.md from what is in memory."""
+        from mnist_jax import plot
+
+        test = self.test_split()
+        return plot.save_run_outputs(self, self.predict(test.images))
+
+    def summary(self) -> str:
+        """The closing lines: test scores, data, where the time went, where the files are."""
+        r = self.results
+        if "final" not in r:
+            return f"{self.workdir}: diverged at step {r.get('diverged', {}).get('step')}"
+        t = r["final"]["test"]
+        timing = r.get("timing", {})
+        split = ", ".join(
+            f"{k.removesuffix('_s')} {v:.1f}s" for k, v in timing.items() if k != "wall_s"
+        )
+        lines = [
+            f"test accuracy {100 * t['accuracy']:.2f}%, log-loss {t['log_loss']:.4f} "
+            f"on {t['size']} digits of {r['data_source']} ({r['data_location']})",
+            f"wall time {timing.get('wall_s', r.get('wall_time_s', 0)):.1f}s: {split}",
+            f"results {self.workdir / 'results.json'}; checkpoints {self.workdir / 'checkpoints'}",
+        ]
+        if (self.workdir / "report.md").exists():
+            lines.append(f"plots {self.workdir / 'plots'}; report {self.workdir / 'report.md'}")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return "```\n" + self.summary() + "\n```"
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    allow_config_change: bool = False,
+    fallback_checkpoint: bool = False,
+    progress: bool | None = None,
+    t0: float | None = None,
+) -> Run:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates it on the
+    test set, writes results.json and, if `config.plots`, plots/ and report.md."""
+    t0 = time.time() if t0 is None else t0
+    metrics.T0 = t0
+    enable_compilation_cache()
+    member = driver.Member(config, RunDir(workdir))
+    (outcome,) = driver.run(
+        [member],
+        allow_config_change=allow_config_change,
+        fallback_checkpoint=fallback_checkpoint,
+        progress=progress,
+        t0=t0,
+    )
+    return finish(outcome, t0)
+
+
+def finish(outcome: driver.Outcome, t0: float) -> Run:
+    """The Run of a member the driver trained: figures from memory, timing completed."""
+    m = outcome.member
+    if outcome.params is None:  # Finished earlier, or diverged: read it back.
+        return load_run(m.rundir.path) if "final" in outcome.results else _diverged(outcome)
+    ds = outcome.dataset
+    run = Run(m.rundir.path, m.config, outcome.model, outcome.params, outcome.results,
+              m.rundir.metrics(), ds.test if ds else None)  # fmt: skip
+    timing = dict(run.results.get("timing", {}))
+    if m.config.plots and jax.process_index() == 0:
+        t = time.time()
+        run.save_outputs()
+        timing["plots_s"] = round(time.time() - t, 3)
+    timing["wall_s"] = round(time.time() - t0, 3)
+    run.results = {**run.results, "timing": timing, "wall_time_s": timing["wall_s"]}
+    m.rundir.write_json("results.json", run.results)
+    return run
+
+
+def _diverged(outcome: driver.Outcome) -> Run:
+    m = outcome.member
+    return Run(m.rundir.path, m.config, None, None, outcome.results, m.rundir.metrics())
+
+
+def load_run(workdir: str | os.PathLike) -> Run:
+    """A run from its workdir: config.json, the latest checkpoint, metrics and results."""
+    rundir = RunDir(workdir)
+    model, params, config = evaluate.restore_model(workdir)
+    results = rundir.results() or {}
+    return Run(rundir.path, config, model, params, results, rundir.metrics())
+
+
+def configure_logging() -> None:
+    """INFO lines from this package in a notebook (absl shows only warnings there)."""
+    logging.set_verbosity(logging.INFO)

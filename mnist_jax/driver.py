@@ -1,0 +1,558 @@
+"""The one run driver: a single run is a group of one member, a sweep group is K members.
+
+`run(members)` does, for every kind of run (single, sweep group, sharded, multi-process):
+validate -> load data -> check each run directory (read only) -> restore -> lock and write
+config.json -> compile one chunk program -> chunks of steps with evaluation, checkpoints,
+divergence and stop signals between them -> final evaluation -> results.json -> figures.
+
+Members share one program: their state is stacked on a leading member axis and the pure
+`step.train_chunk` is mapped (`lax.map`, bit-identical to a single run; the CPU default) or
+vmapped (members in parallel; the accelerator default) over it. A member whose loss turns
+non-finite is dropped: its results.json records the step, its last good checkpoint is kept, and
+the others go on; a single run, having no others, stops with an error.
+
+Chunks are sized from the measured step time to take about `CHUNK_SECONDS`, so a SIGTERM or
+SIGINT is honoured within about that long whatever the config: every live member is
+checkpointed at the current step and the process exits 128+signal. A signal after the last
+step lets the run write its results first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mnist_jax import (
+    checkpoint as ckpt_lib,
+    config as config_lib,
+    data as data_lib,
+    distributed,
+    metrics,
+    models,
+    optim,
+    step as step_lib,
+)
+from mnist_jax.errors import UserError
+from mnist_jax.rundir import RunDir
+from mnist_jax.sharding import EvalSplit, Placement
+
+CHUNK_SECONDS = 1.0  # Target length of one jitted call: bounds the latency of a stop signal.
+
+
+@dataclasses.dataclass
+class Member:
+    """One run: its config and directory; `name` tags its log lines in a sweep."""
+
+    config: ml_collections.ConfigDict
+    rundir: RunDir
+    name: str = ""
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Plan:
+    """When a run evaluates and checkpoints."""
+
+    num_steps: int
+    eval_steps: list[int]
+    checkpoint_steps: list[int]
+
+    def next_stop(self, step: int) -> int:
+        """The first evaluation or checkpoint step after `step`."""
+        return min(s for s in [*self.eval_steps, *self.checkpoint_steps] if s > step)
+
+
+def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
+    """Resolves num_steps (or num_epochs) and the evaluation/checkpoint schedule."""
+    steps_per_epoch = num_train // config.batch_size
+    num_steps = config.num_steps or round(config.num_epochs * steps_per_epoch)
+    if num_steps < 1:
+        raise UserError(f"config.num_epochs={config.num_epochs} is less than one step")
+    if num_steps >= 2**31 - 1:
+        raise UserError(f"config.num_epochs={config.num_epochs} is more than 2^31 steps")
+    if config.num_periods > num_steps:
+        raise UserError(
+            f"config.num_periods={config.num_periods} exceeds the {num_steps} training steps"
+        )
+    evals = [num_steps * (p + 1) // config.num_periods for p in range(config.num_periods)]
+    every = config.checkpoint_every_steps
+    ckpts = [*range(every, num_steps, every), num_steps] if every else list(evals)
+    return Plan(num_steps, evals, ckpts)
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked between jitted calls (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """A SIGTERM/SIGINT, honoured after saving; the command line exits 128+signum."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Diverged(UserError):
+    """A single run's loss turned non-finite: it stops, the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds spent in each phase of a command (`wall_s` from `t0`)."""
+
+    t0: float
+    startup_s: float = 0.0
+    data_s: float = 0.0
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    plots_s: float = 0.0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in dataclasses.asdict(self).items() if k != "t0"}
+
+
+def load_data(configs: list[ml_collections.ConfigDict], cache: dict | None = None):
+    """(train_full, test, source, location) of each config's data, loaded once per distinct
+    `config.data` (and `cache`d across calls by a sweep)."""
+    cache = {} if cache is None else cache
+    out = []
+    for c in configs:
+        key = repr(config_lib.to_dict(c.data))
+        if key not in cache:
+            cache[key] = data_lib.load_train_test(c.data)
+        out.append(cache[key])
+    return out
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What `run` returns per member: results (as in results.json) and the final params."""
+
+    member: Member
+    results: dict[str, Any]
+    params: Any = None
+    dataset: data_lib.Dataset | None = None
+    model: Any = None
+
+
+def run(
+    members: list[Member],
+    *,
+    allow_config_change: bool = False,
+    fallback_checkpoint: bool = False,
+    vectorize: str = "auto",
+    progress: bool | None = None,
+    data_cache: dict | None = None,
+    t0: float | None = None,
+    placement: Placement | None = None,
+) -> list[Outcome]:
+    """Trains `members` (configs that differ only in `sweep.VMAPPED` fields) as one program;
+    each resumes from its own latest checkpoint. Returns one Outcome per member."""
+    timing = Timing(time.time() if t0 is None else t0)
+    timing.startup_s = time.time() - timing.t0
+    for m in members:
+        config_lib.validate(m.config)
+        m.rundir.check_writable()
+    first = members[0].config
+    t = time.time()
+    train_full, test, source, location = load_data([first], data_cache)[0]
+    datasets = {}  # One train/validation split per seed, as a single run makes it.
+    for m in members:
+        if m.config.seed not in datasets:
+            key = step_lib.rng_stream(m.config.seed, step_lib.SPLIT)
+            datasets[m.config.seed] = data_lib.make_dataset(
+                train_full, test, source, location, first.data.validation_size, key
+            )
+    timing.data_s = time.time() - t
+    num_train = len(datasets[first.seed].train)
+    plan = make_plan(first, num_train)
+    model = models.create_model(first.model, datasets[first.seed].num_classes)
+    txs = [optim.make_optimizer(m.config.optimizer, plan.num_steps) for m in members]
+    placement = placement or Placement()
+    placement.check_batch(first.batch_size, num_train)
+
+    # Read-only checks and restores, for every member, before anything is written.
+    try:
+        states, done, todo = _check_and_restore(members, txs, model, plan, allow_config_change,
+                                                fallback_checkpoint)  # fmt: skip
+    except BaseException:
+        for m in members:
+            m.rundir.unlock()
+        raise
+    if not todo:
+        return done
+
+    # From here on the command goes on: write.
+    for m, state in zip(todo, states, strict=True):
+        m.rundir.claim()
+        m.rundir.write_config(m.config)
+        m.rundir.trim_metrics(int(state.step))
+    starts = {int(s.step) for s in states}
+    if len(starts) > 1:  # Members stopped at different steps: run them one after another.
+        for m in todo:
+            m.rundir.unlock()
+        outs = []
+        for m in todo:
+            outs += run([m], allow_config_change=True, fallback_checkpoint=fallback_checkpoint,
+                        progress=progress, data_cache=data_cache, placement=placement)  # fmt: skip
+        return done + outs
+    group = _Group(todo, states, datasets, train_full, test, plan, model, placement, timing)
+    return done + group.train(vectorize, progress)
+
+
+def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint):
+    """Per member: lock, compare with config.json, restore the latest checkpoint; writes
+    nothing. Returns (states, finished outcomes, members to train)."""
+    abstract = jax.eval_shape(lambda: step_lib.init_state(model, txs[0], 0))
+    states, done, todo = [], [], []
+    for m, tx in zip(members, txs, strict=True):
+        m.rundir.lock()
+        changed = m.rundir.check_config(m.config, allow_config_change)
+        finished = m.rundir.finished()
+        saved, at = None, None
+        if m.rundir.checkpoints.is_dir():
+            with ckpt_lib.Checkpointer(m.rundir.checkpoints, create=False) as c:
+                saved, at = ckpt_lib.restore_latest(c, abstract, fallback_checkpoint)
+        at = at or 0
+        if finished and at == plan.num_steps and not changed:
+            logging.info("%s already finished %d steps; nothing to do", m.rundir.path, at)
+            done.append(Outcome(m, finished))
+            m.rundir.unlock()
+            continue
+        if at > plan.num_steps:
+            raise UserError(
+                f"{m.rundir.path} already trained {at} steps, more than num_steps="
+                f"{plan.num_steps}; raise num_steps or use a new --workdir"
+            )
+        if (m.rundir.results() or {}).get("diverged") and not changed:
+            raise UserError(
+                f"{m.rundir.path} diverged earlier (see its results.json); lower the learning "
+                "rate with --allow_config_change, or use a new --workdir"
+            )
+        if saved is None:
+            state = jax.jit(functools.partial(step_lib.init_state, model, tx))(m.config.seed)
+        else:
+            state = step_lib.TrainState(**saved)
+            if changed:  # An allowed change takes effect in the injected hyperparameters.
+                state = state.replace(
+                    opt_state=optim.set_hyperparams(state.opt_state, m.config.optimizer)
+                )
+                logging.info(
+                    "config change allowed (%s): resuming with the new values", ", ".join(changed)
+                )
+            logging.info("%sresumed from %s at step %d", _tag(m), m.rundir.checkpoints, at)
+        states.append(state)
+        todo.append(m)
+    return states, done, todo
+
+
+def _tag(m: Member) -> str:
+    return f"[{m.name}] " if m.name else ""
+
+
+class _Group:
+    """The members that train together in one program."""
+
+    def __init__(self, members, states, datasets, train_full, test, plan, model, placement, timing):
+        self.members, self.plan, self.model, self.p, self.timing = (
+            members, plan, model, placement, timing
+        )  # fmt: skip
+        self.config = members[0].config
+        self.datasets = {m.config.seed: datasets[m.config.seed] for m in members}
+        self.K = len(members)
+        self.state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+        self.images = placement.put(train_full.images)
+        self.labels = placement.put(train_full.labels)
+        self.rows = placement.put(
+            np.stack([self.datasets[m.config.seed].train_rows for m in members])
+        )
+        eb = self.config.eval_batch_size
+        sub = self.config.eval_train_examples
+        self.splits: dict[int, dict[str, EvalSplit]] = {}
+        for seed, ds in self.datasets.items():
+            subset = ds.train if not sub else ds.train.take(np.arange(min(sub, len(ds.train))))
+            self.splits[seed] = {
+                "train_subset": placement.put_eval(subset, eb),
+                "validation": placement.put_eval(ds.validation, eb),
+            }
+        self.test = placement.put_eval(test, eb)
+        self.evaluate = jax.jit(functools.partial(step_lib.eval_sums, model=model))
+        self.lr = [optim.current_learning_rate(m.config.optimizer, plan.num_steps) for m in members]
+        self.diverged: dict[int, int] = {}
+        self.steps = 0  # Steps trained by this command (each member).
+        self.writers = [metrics.MetricWriter(m.rundir, m.config.tensorboard) for m in members]
+
+    def member_state(self, k: int) -> step_lib.TrainState:
+        return jax.tree_util.tree_map(lambda x: x[k], self.state)
+
+    def eval_split(self, params: Any, split: EvalSplit) -> dict[str, Any]:
+        """log_loss, accuracy and confusion matrix (numpy) of one split."""
+        if split.size == 0:
+            return {}
+        t = time.time()
+        sums = jax.device_get(self.evaluate(params, split.images, split.labels, split.size))
+        self.timing.eval_s += time.time() - t
+        return {
+            "log_loss": float(sums["loss_sum"]) / split.size,
+            "accuracy": float(sums["correct"]) / split.size,
+            "confusion_matrix": np.asarray(sums["confusion"]),
+            "size": split.size,
+        }
+
+    def compile(self, vectorize: str):
+        tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
+        chunk = functools.partial(
+            step_lib.train_chunk, model=self.model, tx=tx, batch_size=self.config.batch_size,
+            batch_sharding=self.p.batch,
+        )  # fmt: skip
+        fn = member_axis(chunk, vectorize, self.K)
+        t = time.time()
+        compiled = (
+            jax.jit(fn, donate_argnums=0)
+            .lower(self.state, self.images, self.labels, self.rows, 0, 0)
+            .compile()
+        )
+        self.timing.compile_s += time.time() - t
+        return compiled
+
+    def train(self, vectorize: str, progress: bool | None) -> list[Outcome]:
+        compiled = self.compile(vectorize)
+        self.start = start = int(self.state.step[0])
+        c, plan = self.config, self.plan
+        names = ", ".join(m.name for m in self.members if m.name)
+        logging.info(
+            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s; compiled in %.2fs",
+            c.model.name, models.count_params(self.member_state(0).params), plan.num_steps,
+            c.batch_size, self.p.num_devices, f"; members {names}" if names else "",
+            self.timing.compile_s,
+        )  # fmt: skip
+        bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
+        ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
+                 for m in self.members]  # fmt: skip
+        step, chunk_len = start, c.steps_per_call or min(100, plan.num_steps)
+        period_loss, period_steps, period_time = 0.0, 0, 0.0
+        try:
+            with StopSignal() as stop:
+                while step < plan.num_steps and len(self.diverged) < self.K:
+                    n = min(plan.next_stop(step) - step, chunk_len)
+                    t = time.time()
+                    self.state, stats = compiled(
+                        self.state, self.images, self.labels, self.rows, step, n
+                    )
+                    stats = jax.device_get(stats)  # Also waits for the chunk to finish.
+                    elapsed = time.time() - t
+                    self.timing.train_s += elapsed
+                    step += n
+                    self.steps += n
+                    period_loss, period_steps = period_loss + stats["loss_sum"], period_steps + n
+                    period_time += elapsed
+                    if not c.steps_per_call:
+                        chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
+                        chunk_len = distributed.min_over_processes(chunk_len)
+                    self._check_divergence(stats, ckpts)
+                    if step in plan.checkpoint_steps:
+                        self._save(ckpts, step)
+                    if step in plan.eval_steps:
+                        ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
+                        self._log_period(step, period_loss / period_steps, ex_s, bar)
+                        period_loss, period_steps, period_time = 0.0, 0, 0.0
+                    bar.update(n)
+                    if distributed.any_process(stop.signum is not None):
+                        self._save(ckpts, step)
+                        for ck in ckpts:
+                            ck.wait()
+                        sig = stop.signum or signal.SIGTERM
+                        raise Interrupted(
+                            sig,
+                            f"stopped by {signal.Signals(sig).name} at step {step}; checkpoint "
+                            "saved: rerun the same command to resume",
+                        )
+                bar.close()
+                if len(self.diverged) == self.K == 1:
+                    self._raise_diverged(ckpts[0])
+                self._save(ckpts, plan.num_steps)
+                outcomes = self._finish()
+                for ck in ckpts:
+                    ck.wait()
+                if stop.signum is not None:  # After the last step: results are written.
+                    sig = stop.signum
+                    raise Interrupted(
+                        sig,
+                        f"stopped by {signal.Signals(sig).name} after the last step; results "
+                        "are written, plots skipped",
+                    )
+        finally:
+            bar.close()
+            for w in self.writers:
+                w.close()
+            for ck in ckpts:
+                ck.__exit__(*((None,) * 3))
+            for m in self.members:
+                m.rundir.unlock()
+        return outcomes
+
+    def _live(self) -> list[int]:
+        return [k for k in range(self.K) if k not in self.diverged]
+
+    def _save(self, ckpts, step: int) -> None:
+        for k in self._live():
+            ckpts[k].save(step, self.member_state(k))
+
+    def _check_divergence(self, stats, ckpts) -> None:
+        for k in self._live():
+            bad = int(np.asarray(stats["nonfinite_step"]).reshape(-1)[k])
+            if bad < 0:
+                continue
+            self.diverged[k] = bad
+            m = self.members[k]
+            m.rundir.update_results({"diverged": diverged_record(bad)})
+            if self.K > 1:
+                logging.warning("%sdiverged at step %d; the other members go on", _tag(m), bad)
+
+    def _raise_diverged(self, ckpt) -> None:
+        bad, last = self.diverged[0], ckpt.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint yet"
+        lr = self.members[0].config.optimizer.learning_rate
+        raise Diverged(
+            f"training diverged: non-finite loss at step {bad} (learning rate {lr} too high?); "
+            f"{kept}"
+        )
+
+    def _log_period(self, step: int, batch_loss: float, ex_s: float, bar) -> None:
+        """After a period: scores the train subset and validation of every live member."""
+        for k in self._live():
+            m, state = self.members[k], self.member_state(k)
+            splits = self.splits[m.config.seed]
+            lr = self.lr[k](state.opt_state, step)
+            line = [f"{_tag(m)}step {step}/{self.plan.num_steps}"]
+            for name, split in (
+                ("train", splits["train_subset"]),
+                ("validation", splits["validation"]),
+            ):
+                s = self.eval_split(state.params, split)
+                if not s:
+                    continue
+                extra = {}
+                if name == "train":
+                    extra = {"batch_loss": float(np.asarray(batch_loss).reshape(-1)[k]),
+                             "learning_rate": lr, "examples_per_sec": ex_s}  # fmt: skip
+                self.writers[k].write(step, name, log_loss=s["log_loss"], accuracy=s["accuracy"],
+                                      size=s["size"], **extra)  # fmt: skip
+                line.append(f"{name} loss {s['log_loss']:.4f} acc {100 * s['accuracy']:.2f}%")
+            line.append(f"{ex_s:,.0f} ex/s")
+            bar.set_postfix_str(" | ".join(line[1:-1]))
+            bar.log(" | ".join(line))
+
+    def _finish(self) -> list[Outcome]:
+        """Final evaluation of every member on its full splits; results.json."""
+        out = []
+        for k, m in enumerate(self.members):
+            if k in self.diverged:
+                out.append(Outcome(m, {"diverged": diverged_record(self.diverged[k])}))
+                continue
+            state, ds = self.member_state(k), self.datasets[m.config.seed]
+            eb = m.config.eval_batch_size
+            final = {
+                "train": self.eval_split(state.params, self.p.put_eval(ds.train, eb)),
+                "validation": self.eval_split(
+                    state.params, self.splits[m.config.seed]["validation"]
+                ),
+                "test": self.eval_split(state.params, self.test),
+            }
+            self.timing.wall_s = time.time() - self.timing.t0
+            results = summarize(m.config, ds, self.plan, state, final, self.timing, self.steps)
+            results["sweep_group_size"] = self.K
+            results["resumed_from_step"] = self.start or None
+            m.rundir.write_json("results.json", results)
+            self.writers[k].final(m.config, results)
+            out.append(Outcome(m, results, state.params, ds, self.model))
+        return out
+
+
+def member_axis(chunk, vectorize: str, num_members: int):
+    """`chunk(state, images, labels, rows, first, n)` over a leading member axis of `state`
+    and `rows`: `vmap` (members in parallel: the speed on accelerators) or `map` (one after
+    another inside the program). On CPU, XLA compiles a vmapped matmul of 4 or more members
+    with other roundings than a single run's, so `auto` maps there, keeping every member equal
+    to its single run to the bit; elsewhere it vmaps. One member is the plain chunk."""
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
+    if vectorize not in ("vmap", "map"):
+        raise UserError(f"--vectorize={vectorize}: choose auto, vmap or map")
+    if num_members == 1:
+
+        def single(state, images, labels, rows, first, n):
+            one = jax.tree_util.tree_map(lambda x: x[0], state)
+            one, stats = chunk(one, images, labels, rows[0], first, n)
+            return jax.tree_util.tree_map(lambda x: x[None], (one, stats))
+
+        return single
+    if vectorize == "vmap":
+        return jax.vmap(chunk, in_axes=(0, None, None, 0, None, None))
+
+    def mapped(state, images, labels, rows, first, n):
+        return jax.lax.map(lambda sr: chunk(sr[0], images, labels, sr[1], first, n), (state, rows))
+
+    return mapped
+
+
+def diverged_record(step: int) -> dict[str, Any]:
+    """What results.json says of a run that stopped on a non-finite loss."""
+    return {"step": step, "message": f"non-finite loss at step {step}"}
+
+
+def summarize(config, dataset, plan, state, final, timing: Timing, steps: int) -> dict[str, Any]:
+    """The run summary written to results.json."""
+    from importlib.metadata import version
+
+    rate = steps * config.batch_size / timing.train_s if timing.train_s else None
+    return {
+        "final": {
+            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": m["size"]}
+            for name, m in final.items()
+            if m
+        },
+        "confusion_matrix": final["test"]["confusion_matrix"].tolist(),
+        "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
+        "data_source": dataset.source,
+        "data_location": dataset.location,
+        "num_classes": int(final["test"]["confusion_matrix"].shape[0]),
+        "num_params": models.count_params(state.params),
+        "num_steps": plan.num_steps,
+        "timing": timing.as_dict(),
+        "wall_time_s": round(timing.wall_s, 3),
+        "compile_time_s": round(timing.compile_s, 3),
+        "train_examples_per_sec": round(rate) if rate else None,
+        "devices": [str(d) for d in jax.devices()],
+        "num_processes": jax.process_count(),
+        "versions": {p: version(p) for p in ("jax", "flax", "optax", "orbax-checkpoint")},
+    }

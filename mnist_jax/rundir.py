@@ -1,0 +1,270 @@
+"""The run directory: the one module that reads and writes a run's files.
+
+    <workdir>/config.json      the resolved config (written once the command is known to go on)
+    <workdir>/metrics.jsonl    one row per split per evaluation (see metrics.py)
+    <workdir>/results.json     the final summary, or {"diverged": ...}
+    <workdir>/eval_results.json  --mode=eval's scores
+    <workdir>/checkpoints/     orbax checkpoints (checkpoint.py)
+    <workdir>/plots/, report.md, tensorboard/
+
+Guarantees: one process at a time per workdir (an flock on the directory itself, released by
+the kernel when the holder dies, so a killed run's lock is taken over safely); nothing is
+written before `prepare` has checked everything it can read; JSON files are replaced
+atomically; nothing is written through a symlink that leads outside the workdir; on resume
+`metrics.jsonl` is trimmed to exactly the restored step, and a malformed line in it is an error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax import config as config_lib
+from mnist_jax.errors import UserError
+
+CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
+    "config.json",
+    "results.json",
+    "eval_results.json",
+    "metrics.jsonl",
+)
+CHECKPOINTS = "checkpoints"
+HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
+    """Reads a JSON file; an unreadable one, or one not holding a `kind`, is a UserError."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable JSON ({e})") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise UserError(f"{path}: expected a JSON {kind.__name__}, found {type(obj).__name__}")
+    return obj
+
+
+def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl. A last line cut short by a crash (no newline) is dropped; any
+    other malformed line is a UserError naming its line number (or skipped if not `strict`)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as e:
+            if number == len(lines):  # The unterminated last line of a killed writer.
+                break
+            if strict:
+                raise UserError(
+                    f"{path}: line {number} is malformed ({e}); fix or delete that line"
+                ) from None
+            continue
+        rows.append(row)
+    return rows
+
+
+class RunDir:
+    """One run's directory. Only process 0 writes (`active`); the others read."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = Path(workdir)
+        self.active = jax.process_index() == 0
+        self._lock_fd: int | None = None
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def file(self, name: str) -> Path:
+        """`workdir/name`, refused if a symlink makes it lead outside the workdir."""
+        path = self.path / name
+        root = self.path.resolve()
+        target = path.resolve()
+        if target != root and root not in target.parents:
+            raise UserError(f"{path} is a link to {target}, outside the workdir; remove it")
+        return path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.file(CHECKPOINTS)
+
+    # -- checks before anything is written ----------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuses a workdir that cannot be created or written, without creating anything."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise UserError(f"workdir {p} is a file, not a directory")
+        existing = next((q for q in [p, *p.parents] if q.exists()), None)
+        if existing is None or not existing.is_dir():
+            raise UserError(f"workdir {p} cannot be created: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"workdir {p} is not writable ({existing}: permission denied)")
+        ckpt = p / CHECKPOINTS
+        if ckpt.exists() and not ckpt.is_dir():
+            raise UserError(f"{ckpt} is not a directory; move it away to keep checkpoints there")
+        for name in (CONFIG, RESULTS, METRICS, EVAL_RESULTS):
+            if (p / name).exists() or (p / name).is_symlink():
+                self.file(name)
+
+    def saved_config(self) -> ml_collections.ConfigDict | None:
+        """The config.json of an earlier command in this workdir, or None."""
+        path = self.file(CONFIG)
+        if not path.exists():
+            return None
+        return config_lib.from_dict(read_json(path), where=str(path))
+
+    def check_config(self, config: ml_collections.ConfigDict, allow_change: bool) -> list[str]:
+        """Refuses to continue a run of a different config (naming the fields), unless
+        `allow_change`; returns the fields that differ."""
+        old = self.saved_config()
+        if old is None:
+            return []
+        fields = config_lib.differing_fields(config_lib.to_dict(old), config_lib.to_dict(config))
+        changed = [f for f in fields if f not in config_lib.RESUMABLE_FIELDS]
+        if changed and not allow_change:
+            raise UserError(
+                f"{self.path} holds a run of a different config ({', '.join(changed)} differ); "
+                "use a new --workdir, or pass --allow_config_change to resume it anyway"
+            )
+        return changed
+
+    def results(self, name: str = RESULTS) -> dict[str, Any] | None:
+        path = self.file(name)
+        return read_json(path) if path.exists() else None
+
+    def finished(self) -> dict[str, Any] | None:
+        """results.json of a run that finished (has final metrics), else None."""
+        results = self.results()
+        return results if results and "final" in results else None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file(METRICS))
+
+    # -- the lock ------------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Creates the workdir and takes its exclusive lock; a second process is refused."""
+        if not self.active or self._lock_fd is not None:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise UserError(f"workdir {self.path} cannot be created: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = self.path / HOLDER
+            who = holder.read_text().strip() if holder.is_file() else "another process"
+            raise UserError(
+                f"workdir {self.path} is in use by {who}; wait for it or use another --workdir"
+            ) from None
+        self._lock_fd = fd
+
+    def claim(self) -> None:
+        """Says who holds the lock, once the command is known to go on."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.write_text(HOLDER, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+
+    def unlock(self) -> None:
+        if self._lock_fd is None:
+            return
+        if (self.path / HOLDER).is_file():
+            (self.path / HOLDER).unlink()
+        os.close(self._lock_fd)  # Closing the descriptor releases the flock.
+        self._lock_fd = None
+
+    def __enter__(self) -> RunDir:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write_text(self, name: str, text: str) -> None:
+        """Replaces `name` atomically (temp file + rename: a reader never sees half a file, a
+        failed write leaves the old one, and a symlink is replaced, never followed)."""
+        if not self.active:
+            return
+        path = self.file(name)
+        write_text_atomic(path, text)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Writes JSON atomically; NaN and inf are refused, never written."""
+        text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False)
+        self.write_text(name, text + "\n")
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        self.write_json(CONFIG, config_lib.to_dict(config))
+
+    def update_results(self, update: dict[str, Any]) -> None:
+        self.write_json(RESULTS, {**(self.results() or {}), **update})
+
+    def trim_metrics(self, step: int) -> None:
+        """Drops metric rows logged after `step` (0: no checkpoint), so that a resumed run's
+        dump reads as if it had never stopped."""
+        path = self.file(METRICS)
+        if not self.active or not path.exists():
+            return
+        rows = [r for r in read_jsonl(path) if r["step"] <= step]
+        self.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Appends rows to metrics.jsonl (O_NOFOLLOW: never through a symlink)."""
+        if not self.active or not rows:
+            return
+        path = self.file(METRICS)
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces a file's text atomically; a failure is a UserError naming the file."""
+    path = Path(path)
+    f = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f.name, path)
+    except OSError as e:
+        if f is not None:
+            Path(f.name).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror}") from None

@@ -1,0 +1,168 @@
+"""The pure functions every run is made of: state, one step, a chunk of steps, evaluation sums.
+
+Nothing here touches the host, the disk or global state, so `jax.jit`, `lax.map`, `jax.vmap`
+(sweep members) and sharding (data parallelism) take these functions as they are.
+- `train_step(state, images, labels)`: everything random comes from `fold_in(state.rng, step)`,
+  so a step's result depends on the step number alone, never on how steps were grouped into
+  calls, on resumption, or on the device count.
+- `train_chunk` runs any number of steps in one `lax.fori_loop`; the trip count is an argument,
+  so one compiled program serves every chunk length.
+- `eval_sums` scans a split padded to whole batches and masks the padding, so every example
+  counts exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Sharding
+
+from mnist_jax import data as data_lib
+
+# Independent PRNG streams, all derived from config.seed.
+INIT, DROPOUT, SHUFFLE, SPLIT = range(4)
+
+
+def rng_stream(seed: int | jax.Array, stream: int) -> jax.Array:
+    """The key of one named stream (INIT, DROPOUT, SHUFFLE, SPLIT) of a run's seed."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step reads and writes; the data order is a function of `step` and `rng`."""
+
+    step: jax.Array  # int32 scalar: steps taken.
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # The run's root key (uint32[2]); never advanced, only folded.
+
+
+def init_params(model: nn.Module, seed: int | jax.Array) -> Any:
+    """Fresh parameters from `seed` (jit/eval_shape friendly)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), INIT)
+    return model.init(key, jnp.zeros((1, data_lib.NUM_PIXELS)))["params"]
+
+
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, seed: int | jax.Array
+) -> TrainState:
+    """Fresh parameters and optimizer state from `seed` (jit/eval_shape friendly)."""
+    params = init_params(model, seed)
+    return TrainState(jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(seed))
+
+
+def scale_images(images: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on the batch-mean softmax cross-entropy; returns (state, loss)."""
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT), state.step)
+
+    def loss_fn(params):
+        logits = model.apply(
+            {"params": params}, scale_images(images), train=True, rngs={"dropout": dropout_rng}
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
+
+
+def train_chunk(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    rows: jax.Array,
+    first_step: jax.Array,
+    num_steps: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    batch_size: int,
+    batch_sharding: Sharding | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Runs steps `first_step` (== state.step) .. `first_step + num_steps - 1`.
+
+    Training example i is row `rows[i]` of `images`/`labels` (one copy of the data serves every
+    member of a sweep, each with its own split). An outer loop visits each epoch the chunk
+    touches and draws that epoch's permutation once; the inner loop takes consecutive batches
+    of it. `first_step` is passed apart from `state.step` so that the loop bounds stay
+    unbatched when a sweep vmaps the state. Returns the state and the chunk's statistics: the
+    summed batch losses and the first step whose loss was not finite (-1: none).
+    """
+    num_train = rows.shape[0]
+    spe, bs = num_train // batch_size, batch_size
+    end = first_step + num_steps
+    shuffle_key = jax.random.fold_in(state.rng, SHUFFLE)
+
+    def epoch_body(epoch, carry):
+        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+
+        def step_body(step, carry):
+            state, loss_sum, bad_step = carry
+            idx = rows[jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))]
+            if batch_sharding is not None:
+                idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+            state, loss = train_step(state, images[idx], labels[idx], model=model, tx=tx)
+            bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
+            return state, loss_sum + loss, bad_step
+
+        lo = jnp.maximum(first_step, epoch * spe)
+        hi = jnp.minimum(end, (epoch + 1) * spe)
+        return jax.lax.fori_loop(lo, hi, step_body, carry)
+
+    first_epoch = first_step // spe
+    last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
+    init = (state, jnp.float32(0), jnp.int32(-1))
+    state, loss_sum, bad_step = jax.lax.fori_loop(first_epoch, last_epoch, epoch_body, init)
+    return state, {"loss_sum": loss_sum, "nonfinite_step": bad_step}
+
+
+def eval_sums(
+    params: Any, images: jax.Array, labels: jax.Array, size: jax.Array, *, model: nn.Module
+) -> dict[str, jax.Array]:
+    """Summed log-loss, correct count and confusion matrix over the first `size` examples of a
+    split padded to whole batches: images (batches, batch, 784), labels (batches, batch)."""
+    num_batches, batch = labels.shape
+    valid = (jnp.arange(num_batches * batch) < size).reshape(num_batches, batch)
+    k = model.num_classes
+
+    def body(totals, xs):
+        x, y, w = xs
+        logits = model.apply({"params": params}, scale_images(x))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        pred = jnp.argmax(logits, -1)
+        return {
+            "loss_sum": totals["loss_sum"] + jnp.sum(jnp.where(w, loss, 0.0)),
+            "correct": totals["correct"] + jnp.sum(w & (pred == y)),
+            "confusion": totals["confusion"].at[y, pred].add(w.astype(jnp.int32)),
+        }, None
+
+    totals = {
+        "loss_sum": jnp.float32(0),
+        "correct": jnp.int32(0),
+        "confusion": jnp.zeros((k, k), jnp.int32),
+    }
+    totals, _ = jax.lax.scan(body, totals, (images, labels, valid))
+    return totals
+
+
+def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
+    """Class probabilities (n, classes) of uint8 images (n, 784)."""
+    return jax.nn.softmax(model.apply({"params": params}, scale_images(images)))
