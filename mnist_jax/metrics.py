@@ -68,7 +68,14 @@ class MetricWriter:
         hparams = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()
         }
-        self._tb.add_hparams(hparams, scores, name=".", global_step=step)
+        # add_hparams would open a second event file; write its three summaries into ours.
+        from tensorboardX.summary import hparams as hparams_summaries
+
+        writer = self._tb._get_file_writer()
+        for summary in hparams_summaries(hparams, scores):
+            writer.add_summary(summary, step)
+        for k, v in scores.items():
+            self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self._tb is not None:
