@@ -68,7 +68,7 @@ def validate(config: Any) -> None:
         raise UserError(_missing_message("the config", missing))
     for name in flat:
         if name not in FIELD_DOCS and name.split(".")[0] not in EXTRA_FIELDS:
-            raise UserError(f"unknown config field {name}{_did_you_mean(name, FIELD_DOCS)}")
+            raise UserError(f"unknown config field {name}{did_you_mean(name, FIELD_DOCS)}")
     for f in FIELDS:
         why = f.check(flat[f.name])
         if why:
@@ -155,11 +155,12 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 def describe(config: ml_collections.ConfigDict) -> str:
     """Every field as `name = value  # description`, one per line (for --show_config)."""
     flat = _flat_values(config)
-    width = max(len(f"{k} = {v!r}") for k, v in flat.items())
+    order = [f.name for f in FIELDS if f.name in flat] + [k for k in flat if k not in FIELD_DOCS]
+    width = max(len(f"{k} = {flat[k]!r}") for k in order)
     lines = []
-    for name, value in flat.items():
+    for name in order:
         doc = FIELD_DOCS.get(name) or EXTRA_FIELDS.get(name.split(".")[0], "")
-        lines.append(f"{name} = {value!r}".ljust(width) + (f"  # {doc}" if doc else ""))
+        lines.append(f"{name} = {flat[name]!r}".ljust(width) + (f"  # {doc}" if doc else ""))
     return "\n".join(lines)
 
 
@@ -194,7 +195,7 @@ def resolve(name_or_path: str) -> str:
         return str(path)
     if name_or_path in list_configs():
         return str(configs_dir() / f"{name_or_path}.py")
-    hint = _did_you_mean(name_or_path, list_configs()) or f"; shipped: {', '.join(list_configs())}"
+    hint = did_you_mean(name_or_path, list_configs()) or f"; shipped: {', '.join(list_configs())}"
     raise UserError(f"config file {name_or_path} not found{hint}")
 
 
@@ -257,12 +258,24 @@ def load(
     return config
 
 
+def field_names(config: ml_collections.ConfigDict) -> set[str]:
+    """Every dotted field name of `config`, leaves and sub-configs."""
+    return set(_flat_values(config)) | _node_names(config)
+
+
+def field_value(config: ml_collections.ConfigDict, name: str) -> Any:
+    """The value of dotted field `name`."""
+    for part in name.split("."):
+        config = config[part]
+    return config
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
     """Sets dotted fields with ml_collections' type checks; a bool is never a number."""
-    names = set(_flat_values(config)) | _node_names(config)
+    names = field_names(config)
     for name, value in overrides.items():
         if name not in names:
-            raise UserError(f"unknown config field {name}{_did_you_mean(name, names)}")
+            raise UserError(f"unknown config field {name}{did_you_mean(name, names)}")
         *parents, last = name.split(".")
         parent = config
         for p in parents:
@@ -310,7 +323,7 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _flat_values(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in config.items():
-        if isinstance(v, Mapping):
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
             out.update(_flat_values(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -320,7 +333,7 @@ def _flat_values(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _node_names(config: Mapping[str, Any], prefix: str = "") -> set[str]:
     out = set()
     for k, v in config.items():
-        if isinstance(v, Mapping):
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
             out |= {f"{prefix}{k}", *_node_names(v, f"{prefix}{k}.")}
     return out
 
@@ -333,8 +346,9 @@ def _missing_message(where: str, missing: list[str]) -> str:
     )
 
 
-def _did_you_mean(name: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
+def did_you_mean(name: str, candidates: Any) -> str:
+    """'; did you mean X?' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
     return f"; did you mean {close[0]}?" if close else ""
 
 
@@ -349,6 +363,9 @@ __all__ = [
     "apply_overrides",
     "complete",
     "describe",
+    "did_you_mean",
+    "field_names",
+    "field_value",
     "get_config",
     "list_configs",
     "load",

@@ -82,8 +82,9 @@ def Float(
             if lo_open and hi == math.inf:
                 return "must be positive"
             if hi == math.inf:
-                return f"must be >= {lo:g}"
-            return f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+                return f"must be >= {_num(lo)}"
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            return f"must be in {left}{_num(lo)}, {_num(hi)}{right}"
         if float32 and abs(v) > FLOAT32_MAX:
             return f"overflows float32 (largest {FLOAT32_MAX:.3g})"
         if float32 and v != 0 and abs(v) < FLOAT32_TINY:
@@ -91,6 +92,10 @@ def Float(
         return None
 
     return check
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
 
 
 def Bool() -> Rule:

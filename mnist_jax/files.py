@@ -153,10 +153,12 @@ def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
     if not directory.is_dir():
         raise UserError(f"data directory {directory} does not exist")
     train = load_idx_split(
-        find_idx_file(directory, "train-images-idx3-ubyte"), find_idx_file(directory, "train-labels-idx1-ubyte")
+        find_idx_file(directory, "train-images-idx3-ubyte"),
+        find_idx_file(directory, "train-labels-idx1-ubyte"),
     )
     test = load_idx_split(
-        find_idx_file(directory, "t10k-images-idx3-ubyte"), find_idx_file(directory, "t10k-labels-idx1-ubyte")
+        find_idx_file(directory, "t10k-images-idx3-ubyte"),
+        find_idx_file(directory, "t10k-labels-idx1-ubyte"),
     )
     return train, test
 
