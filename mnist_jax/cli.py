@@ -154,7 +154,8 @@ def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
             rest += [a, *args] if a == "--" else [a]
             continue
         if name not in known:
-            raise UserError(f"unknown config field {name}{config_lib.did_you_mean(name, known)}")
+            leaves = config_lib.flatten(config_lib.to_dict(config))
+            raise UserError(f"unknown config field {name}{config_lib.did_you_mean(name, leaves)}")
         old = config_lib.field_value(config, name)
         if a.startswith(("--noconfig.", "-noconfig.")):
             raw = "false"

@@ -275,7 +275,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     names = field_names(config)
     for name, value in overrides.items():
         if name not in names:
-            raise UserError(f"unknown config field {name}{did_you_mean(name, names)}")
+            raise UserError(
+                f"unknown config field {name}{did_you_mean(name, _flat_values(config))}"
+            )
         *parents, last = name.split(".")
         parent = config
         for p in parents:
