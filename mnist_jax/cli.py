@@ -166,8 +166,9 @@ def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
         else:
             raw = next(args, "")
         values.pop(name, None)
-        values[name] = _typed(name, old, raw)
-    config_lib.apply_overrides(config, values)
+        values[name] = raw  # Only the last value is parsed: the others are replaced.
+    typed = {n: _typed(n, config_lib.field_value(config, n), raw) for n, raw in values.items()}
+    config_lib.apply_overrides(config, typed)
     config_lib.validate(config)
     config.lock()
     return rest, config
