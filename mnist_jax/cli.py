@@ -77,7 +77,7 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
         except UserError as e:
             if verbose:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(1)
         except (KeyboardInterrupt, Stopped) as e:  # Outside the training loop.
             signum = getattr(e, "signum", signal.SIGINT)
@@ -95,6 +95,11 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             sys.exit(128 + e.signum)
 
     app.run(main, flags_parser=parse_flags)
+
+
+def one_line(message: object) -> str:
+    """A message as one line: a newline inside a value (a path, a flag) is shown escaped."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _one_line_unraisable(unraisable) -> None:
@@ -119,7 +124,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags.FLAGS["config"].value = config
         return remaining
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
     except flags.Error as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(1)
@@ -213,4 +218,4 @@ def _typed(name: str, old: Any, raw: str) -> Any:
         return ast.literal_eval(raw)
     except (ValueError, TypeError, SyntaxError, flags.Error):
         what = next((w for k, _, w in parsers if isinstance(old, k)), "a Python literal")
-        raise UserError(f"--config.{name}={raw}: expected {what}") from None
+        raise UserError(f"--config.{name}={raw!r}: expected {what}") from None

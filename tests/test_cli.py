@@ -63,7 +63,7 @@ def test_main_job_offline_trains_on_the_sample_and_says_so(tmp_path):
     ("args", "message"),
     [
         (["--config.model.foo=3"], "unknown config field model.foo"),
-        (["--config.batch_size=abc"], "--config.batch_size=abc: expected an integer"),
+        (["--config.batch_size=abc"], "--config.batch_size='abc': expected an integer"),
         (["--config.optimizer.learning_rate=0"], "optimizer.learning_rate=0.0: must be positive"),
         (["--config.batch_size=9000", "--config.data.source=sample"], "larger than the training"),
         (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "does not exist"),

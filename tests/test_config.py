@@ -107,7 +107,7 @@ def test_cli_repeated_override_last_wins_and_scalar_is_one_tuple():
     [
         ("--config.num_step=10", "unknown config field num_step; did you mean num_steps?"),
         ("--config.optimizer.foo.bar=1", "unknown config field optimizer.foo.bar"),
-        ("--config.batch_size=abc", "--config.batch_size=abc: expected an integer"),
+        ("--config.batch_size=abc", "--config.batch_size='abc': expected an integer"),
         ("--config.optimizer.learning_rate=1e400", "config.optimizer.learning_rate=inf: must be"),
     ],
 )
