@@ -33,7 +33,8 @@ def install_startup_handlers() -> None:
     """Until `run` hands over to the command, SIGINT and SIGTERM print one line and exit
     130/143 at once: nothing has been written yet, and no traceback is wanted."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _exit_during_startup)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup and `cmd &` keep theirs.
+            signal.signal(sig, _exit_during_startup)
 
 
 def _exit_during_startup(signum: int, frame: Any) -> None:
