@@ -1,20 +1,52 @@
-"""What every command-line tool here shares: flag parsing and errors as one line, exit codes.
+"""What every command-line tool here shares: flag parsing, config loading, one-line errors,
+signals and exit codes.
 
-`run(fn)` is `absl.app.run` with two differences: a parse failure (missing config file, unknown
-field, bad type) and a UserError each print one `error: ...` line and exit 1, and a run stopped
-by SIGTERM/SIGINT exits 128+signal after its checkpoint is saved. `--verbosity=1` shows
-tracebacks and the libraries' INFO logs too.
+`run(fn)` is `absl.app.run` with these differences: every bad input (a flag, a config file, a
+config field) prints one `error: ...` line and exits 1; `--config=dnn` names a shipped config;
+a repeated `--config.x=` flag replaces the earlier one (the last wins); the config is complete
+and validated before `fn` runs. SIGINT/SIGTERM print one line and exit 130/143: during start-up
+at once, later after the training loop saved its checkpoint. `--verbosity=1` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 
 from mnist_jax.errors import UserError
+
+
+class Stopped(BaseException):
+    """SIGTERM (or SIGINT) outside the training loop, which handles its own."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_startup_handlers() -> None:
+    """Until `run` hands over to the command, SIGINT and SIGTERM print one line and exit
+    130/143 at once: nothing has been written yet, and no traceback is wanted."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup and `cmd &` keep theirs.
+            signal.signal(sig, _exit_during_startup)
+
+
+def _exit_during_startup(signum: int, frame: Any) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    os.write(2, f"interrupted by {name} during start-up; nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    del frame
+    raise Stopped(signum)
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -30,10 +62,11 @@ class _QuietLibraries(logging.logging.Filter):
 
 def run(fn: Callable[[list[str]], int | None]) -> None:
     """Runs `fn(argv)` as the program's main."""
+    install_startup_handlers()
 
     def main(argv: list[str]) -> None:
-        from mnist_jax.driver import Interrupted  # Imports jax: after flags are parsed.
-
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_stopped)
         verbose = logging.get_verbosity() >= logging.DEBUG
         if not verbose:
             logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -45,17 +78,21 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
         except UserError as e:
             if verbose:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             _exit(1)
-        except Interrupted as e:
-            print(str(e), file=sys.stderr)
-            _exit(128 + e.signum)
-        except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, compiling).
+        except (KeyboardInterrupt, Stopped) as e:  # Outside the training loop.
+            signum = getattr(e, "signum", signal.SIGINT)
             print(
-                "interrupted outside the training loop; saved checkpoints are intact",
+                f"interrupted by {signal.Signals(signum).name}; saved checkpoints are intact",
                 file=sys.stderr,
             )
-            _exit(130)
+            _exit(128 + signum)
+        except Exception as e:
+            if type(e).__name__ != "Interrupted" or not hasattr(e, "signum"):
+                raise
+            # The training loop stopped on a signal after saving its checkpoint.
+            print(str(e), file=sys.stderr)
+            _exit(128 + e.signum)
         _exit(code)
 
     app.run(main, flags_parser=parse_flags)
@@ -75,41 +112,128 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
+def one_line(message: object) -> str:
+    """A message as one line: a newline inside a value (a path, a flag) is shown escaped."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _one_line_unraisable(unraisable) -> None:
     exc = unraisable.exc_value
     logging.warning("ignored in a library callback: %s: %s", type(exc).__name__, exc)
 
 
+# ----------------------------------------------------------------------------- flags
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parse, with every failure (bad file, unknown field, bad type) as one line."""
+    """absl's parse, with the config built by `split_config_args` (complete, overridden,
+    validated) and every failure as one line."""
+    install_startup_handlers()
     try:
-        config_file = _config_file(argv)
-        if config_file and not os.path.isfile(config_file.split(":")[0]):
-            raise FileNotFoundError(config_file)
-        return flags.FLAGS(argv)
-    except Exception as e:
-        print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
-        sys.exit(1)
+        config = None
+        if "config" in flags.FLAGS and not any(a in _HELP for a in argv):
+            argv, config = split_config_args(argv)
+        sys.argv = argv  # config_flags reads sys.argv: it must not see the overrides again.
+        remaining = flags.FLAGS(argv)
+        if config is not None:
+            flags.FLAGS["config"].value = config
+        return remaining
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+    except flags.Error as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(1)
 
 
-def _config_file(argv: list[str]) -> str:
-    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+OVERRIDES: dict[str, Any] = {}  # The `--config.FIELD` values given on this command line.
+_HELP = ("--help", "-help", "--helpfull", "-h", "-?", "--helpshort")
 
 
-def _flag_error(e: Exception, argv: list[str]) -> str:
-    config_file = _config_file(argv)
-    if isinstance(e, flags.Error):
-        return str(e).splitlines()[0]
-    if config_file and not os.path.isfile(config_file.split(":")[0]):
-        return f"config file {config_file} not found"
-    if isinstance(e, SyntaxError):
-        return f"cannot load config file {config_file}: {e.msg} (line {e.lineno})"
-    if isinstance(e, AttributeError) and "get_config" in str(e):
-        return f"config file {config_file} has no get_config() function"
-    if isinstance(e, (AttributeError, KeyError)):
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        field = str(e).strip("\"'")
-        bad = [o for o in overrides if o.split(".")[-1] == field] or overrides
-        if bad:
-            return f"unknown config field {', '.join(bad)}: {config_file} has no field {field!r}"
-    return f"cannot load config {config_file}: {type(e).__name__}: {e}".splitlines()[0]
+def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
+    """(argv without the `--config.FIELD=VALUE` overrides, the validated config). The file is
+    named by `--config=NAME_OR_PATH` (a shipped name or a path); of a repeated override the
+    last wins; a scalar for a tuple field is a one-tuple; an unknown field is an error."""
+    from mnist_jax import config as config_lib
+
+    argv = _joined_config_flag(argv)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), None)
+    if spec is None:
+        if any(_override_name(a) for a in argv):
+            raise UserError("--config.FIELD overrides need --config=NAME_OR_PATH")
+        return argv, None
+    path, _, arg = spec.partition(":")
+    resolved = config_lib.resolve(path)
+    config = config_lib.load_file(resolved, arg or None)
+    known = config_lib.field_names(config)
+    rest, values = [], {}
+    args = iter(argv)
+    for a in args:
+        name = _override_name(a)
+        if a.startswith(("--config=", "-config=")):
+            a = f"--config={resolved}" + (f":{arg}" if arg else "")
+        if a == "--" or name is None:
+            rest += [a, *args] if a == "--" else [a]
+            continue
+        if name not in known:
+            leaves = config_lib.flatten(config_lib.to_dict(config))
+            raise UserError(f"unknown config field {name}{config_lib.did_you_mean(name, leaves)}")
+        old = config_lib.field_value(config, name)
+        if a.startswith(("--noconfig.", "-noconfig.")):
+            raw = "false"
+        elif "=" in a:
+            raw = a.split("=", 1)[1]
+        elif isinstance(old, bool):
+            raw = "true"
+        else:
+            raw = next(args, "")
+        values.pop(name, None)
+        values[name] = raw  # Only the last value is parsed: the others are replaced.
+    typed = {n: _typed(n, config_lib.field_value(config, n), raw) for n, raw in values.items()}
+    config_lib.apply_overrides(config, typed)
+    OVERRIDES.clear()
+    OVERRIDES.update(typed)
+    config_lib.validate(config)
+    config.lock()
+    return rest, config
+
+
+def _joined_config_flag(argv: list[str]) -> list[str]:
+    """`--config X` as `--config=X`."""
+    out, args = [], iter(argv)
+    for a in args:
+        out.append(f"--config={next(args, '')}" if a in ("--config", "-config") else a)
+    return out
+
+
+def _override_name(arg: str) -> str | None:
+    for prefix in ("--config.", "-config.", "--noconfig.", "-noconfig."):
+        if arg.startswith(prefix):
+            return arg[len(prefix) :].split("=", 1)[0]
+    return None
+
+
+def _typed(name: str, old: Any, raw: str) -> Any:
+    """A flag's text as the field's type, with ml_collections' parsers; one line when not."""
+    import ast
+
+    import ml_collections
+    from ml_collections.config_flags import tuple_parser
+
+    parsers = [
+        (bool, flags.BooleanParser(), "true or false"),
+        (int, flags.IntegerParser(), "an integer"),
+        (float, flags.FloatParser(), "a number"),
+        (tuple, tuple_parser.TupleParser(), "a tuple such as '(512, 256)'"),
+    ]
+    try:
+        for kind, parser, _ in parsers:
+            if isinstance(old, kind):
+                return parser.parse(raw)
+        if isinstance(old, str):
+            return raw
+        if isinstance(old, ml_collections.ConfigDict):
+            return ml_collections.ConfigDict(ast.literal_eval(raw))
+        return ast.literal_eval(raw)
+    except (ValueError, TypeError, SyntaxError, flags.Error):
+        what = next((w for k, _, w in parsers if isinstance(old, k)), "a Python literal")
+        raise UserError(f"--config.{name}={raw!r}: expected {what}") from None

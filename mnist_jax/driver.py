@@ -74,12 +74,7 @@ class Plan:
 
 def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
     """Resolves num_steps (or num_epochs) and the evaluation/checkpoint schedule."""
-    steps_per_epoch = num_train // config.batch_size
-    num_steps = config.num_steps or round(config.num_epochs * steps_per_epoch)
-    if num_steps < 1:
-        raise UserError(f"config.num_epochs={config.num_epochs} is less than one step")
-    if num_steps >= 2**31 - 1:
-        raise UserError(f"config.num_epochs={config.num_epochs} is more than 2^31 steps")
+    num_steps = config_lib.num_train_steps(config, num_train)
     if config.num_periods > num_steps:
         raise UserError(
             f"config.num_periods={config.num_periods} exceeds the {num_steps} training steps"
@@ -190,8 +185,9 @@ def run(
         if m.config.seed not in datasets:
             key = step_lib.rng_stream(m.config.seed, step_lib.SPLIT)
             datasets[m.config.seed] = data_lib.make_dataset(
-                train_full, test, source, location, first.data.validation_size, key
-            )
+                train_full, test, source, location, first.data.validation_size, key,
+                validation_split=first.data.validation_split,
+            )  # fmt: skip
     timing.data_s = time.time() - t
     num_train = len(datasets[first.seed].train)
     plan = make_plan(first, num_train)

@@ -11,8 +11,6 @@ Rerunning the same command resumes from the latest checkpoint; a finished run is
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -72,7 +70,10 @@ def run(argv: list[str]) -> int:
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
     )
     if _MODE.value == "eval":
-        evaluate.evaluate_workdir(_WORKDIR.value, data_overrides(sys.argv, config))
+        data = {
+            k.removeprefix("data."): v for k, v in cli.OVERRIDES.items() if k.startswith("data.")
+        }
+        evaluate.evaluate_workdir(_WORKDIR.value, data)
         return 0
     if jax.process_count() > 1 and config.plots:
         config = config.copy_and_resolve_references()
@@ -87,13 +88,6 @@ def run(argv: list[str]) -> int:
     if jax.process_index() == 0:
         print(result.summary())
     return 0
-
-
-def data_overrides(argv: list[str], config) -> dict:
-    """The `--config.data.FIELD` values given explicitly on the command line (typed)."""
-    names = {a.split("=", 1)[0].removeprefix("--config.data.") for a in argv
-             if a.startswith("--config.data.")}  # fmt: skip
-    return {n: config.data[n] for n in names if config is not None and n in config.data}
 
 
 def process_start_time() -> float:

@@ -115,3 +115,32 @@ def metric_rows(workdir: Path) -> list[dict]:
 
     return [{k: v for k, v in r.items() if k not in UNTIMED}
             for r in read_jsonl(Path(workdir) / "metrics.jsonl")]  # fmt: skip
+
+
+# Hypothesis: 'ci' (the default) keeps the property search cheap and repeatable; 'dev' searches
+# longer: HYPOTHESIS_PROFILE=dev pytest tests/test_properties.py
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def one_error_line(returncode: int, stderr: str) -> str:
+    """The CLI contract for a bad input: exit 1, exactly one `error:` line, no traceback."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert returncode == 1, stderr[-2000:]
+    assert len(lines) == 1, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]

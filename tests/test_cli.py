@@ -62,12 +62,12 @@ def test_main_job_offline_trains_on_the_sample_and_says_so(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--config.model.foo=3"], "unknown config field --config.model.foo"),
-        (["--config.batch_size=abc"], "flag --config.batch_size=abc"),
+        (["--config.model.foo=3"], "unknown config field model.foo"),
+        (["--config.batch_size=abc"], "--config.batch_size='abc': expected an integer"),
         (["--config.optimizer.learning_rate=0"], "optimizer.learning_rate=0.0: must be positive"),
         (["--config.batch_size=9000", "--config.data.source=sample"], "larger than the training"),
         (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "does not exist"),
-        (["--config.data.source=csv"], "csv source needs --config.data.train_file"),
+        (["--config.data.source=csv"], "data.source=csv needs --config.data.train_file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
@@ -92,17 +92,17 @@ def test_bad_config_files(tmp_path, config_file, message):
     ("field", "value", "message"),
     [
         ("batch_size", 0, "must be positive"),
-        ("num_steps", -5, "must be positive"),
+        ("num_steps", -5, "must be 0 or positive"),
         ("num_periods", 0, "must be positive"),
         ("num_epochs", 2.0, "set exactly one of"),
-        ("model.hidden_units", (), "non-empty tuple"),
-        ("model.hidden_units", (64, -1), "non-empty tuple"),
+        ("model.hidden_units", (), "the mlp needs a hidden layer"),
+        ("model.hidden_units", (64, -1), "integers from 1 to"),
         ("model.dropout_rate", 1.0, "must be in [0, 1)"),
         ("model.dropout_rate", -0.1, "must be in [0, 1)"),
         ("model.name", "cnn", "choose one of linear, mlp"),
         ("optimizer.name", "rmsprop", "choose one of adagrad, sgd, adam"),
         ("optimizer.learning_rate", -0.1, "must be positive"),
-        ("optimizer.clip_norm", -1.0, "must be 0 (no clipping) or positive"),
+        ("optimizer.clip_norm", -1.0, "must be >= 0"),
         ("data.source", "web", "choose one of auto"),
         ("data.validation_size", -1.0, "must be >= 0"),
     ],

@@ -64,7 +64,7 @@ def test_idx_wrong_image_size_and_count_mismatch(tmp_path):
     with pytest.raises(UserError, match=r"has 3 images but .* has 2 labels"):
         data.load_idx_split(imgs, labels)
     bad_label = _write(tmp_path / "l", struct.pack(">II", 2049, 3) + bytes([1, 2, 12]))
-    with pytest.raises(UserError, match="label 12 outside 0-9"):
+    with pytest.raises(UserError, match="row 3 has label 12, expected 0-9"):
         data.load_idx_split(imgs, bad_label)
 
 
@@ -103,8 +103,11 @@ def _csv_rows(n=3, cols=785):
         (["label," + ",".join(f"pixel{i}" for i in range(784)), *_csv_rows()], "header row"),
         (_csv_rows(cols=784), "784 columns, expected 785"),
         (_csv_rows(cols=786), "786 columns, expected 785"),
-        ([*_csv_rows(2), "1," + "0," * 783 + "x"], "could not convert string 'x'"),
-        ([*_csv_rows(2), "1," + "0," * 782 + "0"], "row 3 has 784 columns but row 1 has 785"),
+        ([*_csv_rows(2), "1," + "0," * 783 + "x"], "row 3, column 785: 'x' is not a number"),
+        (
+            [*_csv_rows(2), "1," + "0," * 782 + "0"],
+            "row 3 has 784 columns but the first row has 785",
+        ),
         ([*_csv_rows(2), "10," + ",".join(["0"] * 784)], "row 3 has label 10"),
         ([*_csv_rows(2), "3," + ",".join(["0"] * 783 + ["256"])], "pixel value 256"),
         ([*_csv_rows(2), "3," + ",".join(["0"] * 783 + ["-1"])], "pixel value -1"),
@@ -220,3 +223,69 @@ def test_tfds_offline_without_files_fails_fast(tmp_path):
     with pytest.raises(UserError, match="offline"):
         data.load_tfds("mnist", tfds_dir=str(tmp_path))
     assert time.time() - t < 30
+
+
+def _csv_text(sample, rows=3, sep=","):
+    return "\n".join(
+        sep.join(str(v) for v in [sample.labels[i], *sample.images[i]]) for i in range(rows)
+    )
+
+
+def test_csv_with_a_utf8_bom_reads(tmp_path, sample):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + _csv_text(sample).encode())
+    np.testing.assert_array_equal(data.read_csv(path).labels, sample.labels[:3])
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (lambda s: _csv_text(s, sep="\t").encode(), "separated by tabs; expected commas"),
+        (lambda s: _csv_text(s, sep=";").encode(), "separated by semicolons; expected commas"),
+        (lambda s: _csv_text(s).encode("utf-16"), "is UTF-16 text"),
+        (lambda s: b"1,2\xff,3\n", "is not UTF-8 text (byte 0xff at offset 3)"),
+        (lambda s: b"label,p1\n" + _csv_text(s).encode(), "row 1 starts with 'label'"),
+    ],
+)
+def test_csv_encodings_and_separators_are_diagnosed(tmp_path, sample, payload, message):
+    path = tmp_path / "x.csv"
+    path.write_bytes(payload(sample))
+    with pytest.raises(UserError) as e:
+        data.read_csv(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+    assert len(str(e.value)) < 300  # Never the whole 2.7 KB line.
+
+
+def test_a_directory_is_not_a_file(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        data.read_csv(tmp_path)
+    with pytest.raises(UserError, match="is a directory"):
+        data.read_idx(tmp_path, data.IDX_LABELS_MAGIC)
+
+
+def test_named_bad_data_is_an_error_never_the_sample(tmp_path, idx_dir):
+    import shutil
+
+    from mnist_jax import config as config_lib
+
+    bad = tmp_path / "bad"
+    shutil.copytree(idx_dir, bad)
+    labels = data.read_idx(bad / "train-labels-idx1-ubyte.gz", data.IDX_LABELS_MAGIC).copy()
+    labels[4] = 42
+    data.write_idx(bad / "train-labels-idx1-ubyte.gz", labels)
+    c = config_lib.get_config()
+    c.data.dir = str(bad)  # source stays auto
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz: row 5 has label 42"):
+        data.load_train_test(c.data)
+    c.data.dir = str(tmp_path / "missing")
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_train_test(c.data)
+
+
+def test_validation_split_last_holds_out_the_last_rows():
+    key = jax.random.PRNGKey(0)
+    train, val = data.validation_indices(20_000, 5000, key, "last")
+    np.testing.assert_array_equal(train, np.arange(15_000))
+    np.testing.assert_array_equal(val, np.arange(15_000, 20_000))
+    _, val_r = data.validation_indices(20_000, 5000, key)
+    assert len(val_r) == 5000 and not np.array_equal(np.sort(val_r), val)

@@ -1,0 +1,261 @@
+"""Reading the dataset files: IDX (optionally gzipped) and the notebook CSV layout.
+
+Every problem with a file is one `UserError` that names the file, the row (counted from 1) and
+what was expected, so a user fixes it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from mnist_jax.errors import UserError
+
+NUM_PIXELS = 28 * 28
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+# The four original files and the SHA-256 of each .gz as distributed.
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: uint8 pixels (n, 784) and int32 labels (n,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> Split:
+        return Split(self.images[rows], self.labels[rows])
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Reads a file, transparently gunzipping it; a bad gzip stream is a UserError."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    if path.suffix == ".gz":
+        raise UserError(f"{path}: named .gz but is not gzip data")
+    return raw
+
+
+def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
+    """Parses one uint8 IDX file (optionally gzipped), checking its magic number and size."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if raw[:1].isdigit():
+        raise UserError(
+            f"{path}: looks like a CSV file, expected an IDX file (use data.source=csv)"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    (found,) = struct.unpack(">I", raw[:4])
+    if found != magic:
+        raise UserError(
+            f"{path}: wrong IDX magic number {found} (expected {magic}: "
+            f"{'images' if magic == IDX_IMAGES_MAGIC else 'labels'} file)"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise UserError(
+            f"{path}: header promises {expected} bytes of data for shape {dims}, "
+            f"file holds {len(raw) - header} (truncated or corrupt)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes a uint8 array as an IDX file (gzipped if the name ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x800 | array.ndim
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+    Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
+
+
+def find_idx_file(directory: Path, stem: str) -> Path:
+    """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`)."""
+    names = [stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")]
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(f"{directory}: no {stem}[.gz] found (expected the original MNIST IDX files)")
+
+
+def load_idx_split(images_path: Path, labels_path: Path) -> Split:
+    """Loads and cross-checks one images/labels pair of IDX files."""
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if images.shape[1:] != (28, 28):
+        raise UserError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    if len(images) != len(labels):
+        raise UserError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    if not len(labels):
+        raise UserError(f"{labels_path}: holds no examples")
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise UserError(f"{labels_path}: row {bad[0] + 1} has label {labels[bad[0]]}, expected 0-9")
+    return Split(images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32))
+
+
+def has_idx_files(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds all four MNIST IDX files."""
+    try:
+        for stem in MNIST_FILES:
+            find_idx_file(Path(directory), stem.removesuffix(".gz"))
+    except UserError:
+        return False
+    return True
+
+
+def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
+    """Loads (train, test) from a directory holding the four original IDX files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"data directory {directory} does not exist")
+    train = load_idx_split(
+        find_idx_file(directory, "train-images-idx3-ubyte"),
+        find_idx_file(directory, "train-labels-idx1-ubyte"),
+    )
+    test = load_idx_split(
+        find_idx_file(directory, "t10k-images-idx3-ubyte"),
+        find_idx_file(directory, "t10k-labels-idx1-ubyte"),
+    )
+    return train, test
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def read_csv(path: str | os.PathLike, label_column: int = 0) -> Split:
+    """Reads the notebook CSV layout: no header, one label (0-9) and 784 pixels (0-255) per row,
+    comma-separated UTF-8 (a byte-order mark is fine). Rows in messages count from 1."""
+    if not path:
+        raise UserError("csv source needs --config.data.train_file and --config.data.test_file")
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    lines = _csv_lines(path, _read_bytes(path))
+    try:
+        rows = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError:
+        raise UserError(f"{path}: {_first_bad_row(lines)}") from None
+    if rows.shape[1] != NUM_PIXELS + 1:
+        raise UserError(
+            f"{path}: rows have {rows.shape[1]} columns, expected {NUM_PIXELS + 1} "
+            "(a label and 784 pixels)"
+        )
+    labels = rows[:, label_column]
+    pixels = np.delete(rows, label_column % rows.shape[1], axis=1)
+    row_of = np.flatnonzero([bool(line.strip()) for line in lines]) + 1  # File rows, 1-based.
+    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > 9))
+    if bad.size:
+        raise UserError(f"{path}: row {row_of[bad[0]]} has label {labels[bad[0]]:g}, expected 0-9")
+    bad_px = np.argwhere((pixels != np.round(pixels)) | (pixels < 0) | (pixels > 255))
+    if bad_px.size:
+        r, c = bad_px[0]
+        raise UserError(
+            f"{path}: row {row_of[r]} has pixel value {pixels[r, c]:g}, expected integers 0-255"
+        )
+    return Split(pixels.astype(np.uint8), labels.astype(np.int32))
+
+
+def _csv_lines(path: Path, raw: bytes) -> list[str]:
+    """The file's lines, after diagnosing encodings, separators and a header row."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UserError(
+            f"{path}: is UTF-16 text; save it as UTF-8 (expected a comma-separated CSV)"
+        )
+    try:
+        text = raw.decode("utf-8-sig")  # Strips a UTF-8 byte-order mark.
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "expected a comma-separated CSV of numbers"
+        ) from None
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise UserError(f"{path}: empty CSV file")
+    if "," not in first:
+        for sep, name in (("\t", "tabs"), (";", "semicolons"), (" ", "spaces")):
+            if sep in first.strip():
+                raise UserError(f"{path}: columns are separated by {name}; expected commas")
+    head = first.split(",")[0].strip()
+    try:
+        float(head)
+    except ValueError:
+        raise UserError(
+            f"{path}: row {lines.index(first) + 1} starts with {_clip(head)!r}, not a number: "
+            "remove the header row (expected label,pixel1,...,pixel784 with no header)"
+        ) from None
+    return lines
+
+
+def _first_bad_row(lines: list[str]) -> str:
+    """Why numpy could not parse `lines`: the first row with a wrong column count or a value
+    that is not a number (numpy's own messages count rows inconsistently)."""
+    width = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        cells = line.split(",")
+        if width is None:
+            width = len(cells)
+        elif len(cells) != width:
+            return f"row {number} has {len(cells)} columns but the first row has {width}"
+        for col, cell in enumerate(cells, 1):
+            try:
+                float(cell)
+            except ValueError:
+                return f"row {number}, column {col}: {_clip(cell.strip())!r} is not a number"
+    return "cannot parse as a CSV of numbers"
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def write_csv(path: str | os.PathLike, split: Split) -> None:
+    """Writes a split in the notebook CSV layout (label first), e.g. for tests and exports."""
+    table = np.concatenate([split.labels[:, None].astype(np.int64), split.images], axis=1)
+    np.savetxt(path, table, fmt="%d", delimiter=",")
