@@ -347,7 +347,7 @@ def load_test(data_config) -> tuple[Split, str, str]:
         if not d.is_dir():
             raise UserError(f"data directory {d} does not exist")
         test = load_idx_split(
-            _find(d, "t10k-images-idx3-ubyte"), _find(d, "t10k-labels-idx1-ubyte")
+            find_idx_file(d, "t10k-images-idx3-ubyte"), find_idx_file(d, "t10k-labels-idx1-ubyte")
         )
         return test, "idx", str(d)
     if source == "csv":
