@@ -32,8 +32,6 @@ def load_image(path: str | Path) -> Image.Image:
     """Opens an image file fully decoded; a missing, unreadable or oversize one is a UserError
     naming the file."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -45,10 +43,18 @@ def load_image(path: str | Path) -> Image.Image:
                 return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: image too large ({e}); the limit is {_limit()}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise UserError(f"{path}: not a readable image ({str(e)[:200]})") from None
+    except Image.DecompressionBombError:
+        raise UserError(
+            f"{path}: image too large to decode safely; the limit is {_limit()}"
+        ) from None
+    except UserError:
+        raise
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not a readable image (unknown format)") from None
+    except Exception as e:  # Decoders of damaged files raise many types (OSError, zlib...).
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {e})"[:300]) from None
 
 
 def _limit() -> str:
@@ -118,3 +124,19 @@ def to_mnist(grey: np.ndarray, name: str = "image") -> np.ndarray:
 def image_to_mnist(path: str | Path) -> np.ndarray:
     """Reads an image file and returns 784 uint8 pixels as MNIST would store the digit."""
     return to_mnist(grey_levels(load_image(path)), str(path))
+
+
+def as_mnist(item: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """784 uint8 pixels from a file path, a PIL image, or an array: a (28, 28) or (784,) uint8
+    array is taken as already in MNIST's form; any other 2-D array as grey levels (floats in
+    [0, 1], or integers 0-255)."""
+    if isinstance(item, (str, Path)):
+        return image_to_mnist(item)
+    if isinstance(item, Image.Image):
+        return to_mnist(grey_levels(item))
+    a = np.asarray(item)
+    if a.dtype == np.uint8 and a.shape in ((28, 28), (784,)):
+        return a.reshape(784)
+    if a.ndim != 2:
+        raise UserError(f"expected a 2-D grey image, got an array of shape {a.shape}")
+    return to_mnist(a / 255 if a.dtype.kind in "iu" else a, "array")

@@ -37,17 +37,19 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_target(path: str | Path, root: str | Path | None = None) -> Path:
-    """Returns `path` if a file can be written there, else raises a UserError saying why."""
+def check_target(path: str | Path, root: str | Path | None = None, text: bool = False) -> Path:
+    """Returns `path` if a figure (or with `text`, a text file) can be written there, else
+    raises a UserError saying why."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES and suffix[1:] not in figure_formats():
-        raise UserError(
-            f"cannot write {path}: format {suffix or '(none)'!r} is not supported; "
-            f"use one of {', '.join('.' + f for f in figure_formats())}"
-        )
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"cannot write {path}: it is a directory")
+    suffix = path.suffix.lower()
+    allowed = TEXT_SUFFIXES if text else tuple("." + f for f in figure_formats())
+    if suffix not in allowed:
+        raise UserError(
+            f"cannot write {path}: format {suffix or '(none)'!r} is not supported; "
+            f"use one of {', '.join(allowed)}"
+        )
     parent = path.parent
     if root is not None:
         real_root = Path(root).resolve()
@@ -98,16 +100,17 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)  # Replaces a symlink at `path` itself, never its target.
-    except OSError as e:
+    except Exception as e:  # OSError, or a matplotlib writer's ValueError/RuntimeError.
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise UserError(f"cannot write {path}: {why}"[:300]) from None
     return path
 
 
 def write_text(path: str | Path, text: str, root: str | Path | None = None) -> Path:
     """Checks `path`, then writes `text` to it atomically (UTF-8)."""
-    check_target(path, root)
+    check_target(path, root, text=True)
     return write_atomic(path, lambda f: f.write(text.encode()))
 
 

@@ -67,7 +67,7 @@ def write_run_outputs(
     from mnist_jax import report
 
     workdir = Path(workdir)
-    outputs.check_target(workdir / report.REPORT_FILE, workdir)
+    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
     figs = run_figures(
         history,
         results,
@@ -140,8 +140,9 @@ def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple
     if not isinstance(results.get("final"), dict):
         raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
     _read_dict(workdir / "config.json", "not a mnist-jax run directory")
-    for target in [f"{PLOTS_DIR}/{n}.png" for n in FIGURES] + [report.REPORT_FILE]:
-        outputs.check_target(workdir / target, workdir)
+    for name in FIGURES:
+        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
+    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
     model, params, config = checkpoint.restore_model(workdir)
     used = data_lib.data_config_used(
         config.data,
