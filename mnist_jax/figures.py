@@ -215,9 +215,12 @@ def run_labels(names: list[str], configs: list[dict[str, Any]]) -> list[str]:
 def compare_figure(runs: list[tuple[str, list[dict[str, Any]]]], title: str = "") -> Figure:
     """Validation curves (train where a run has none) of several runs; the legend sits below
     the axes so it never covers a curve, however long the labels."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    labels = [wrap_label(label, 110) for label, _ in runs]
+    legend_lines = sum(label.count("\n") + 1 for label in labels)
+    # The figure grows with the legend (8-point lines) so the axes keep their 4 inches.
+    fig = Figure(figsize=(12, 4.5 + 0.17 * legend_lines), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for label, history in runs:
+    for label, (_, history) in zip(labels, runs, strict=True):
         rows = [r for r in history if r["split"] == "validation"] or [
             r for r in history if r["split"] == "train"
         ]
@@ -225,7 +228,7 @@ def compare_figure(runs: list[tuple[str, list[dict[str, Any]]]], title: str = ""
         (line,) = ax_loss.plot(steps, [r["log_loss"] for r in rows], marker="o", ms=3)
         acc = [np.nan if r["accuracy"] is None else 100 * r["accuracy"] for r in rows]
         ax_acc.plot(steps, acc, marker="o", ms=3, color=line.get_color())
-        line.set_label(wrap_label(label, 110))
+        line.set_label(label)
     ax_loss.set(xlabel="step", ylabel="validation log-loss")
     ax_acc.set(xlabel="step", ylabel="validation accuracy (%)")
     for ax in (ax_loss, ax_acc):
