@@ -87,19 +87,35 @@ class Run:
             self.test = data_lib.load_test(data_config)[0]
         return self.test
 
-    def figures(self) -> dict[str, Any]:
-        """The run's matplotlib figures (curves, confusion matrix, first-layer weights, ...)."""
+    def _figure_inputs(self) -> tuple:
         from mnist_jax import plot
 
         test = self.test_split()
-        return plot.run_figures(self, self.predict(test.images))
+        kernel = plot.first_layer_kernel(self.params)
+        return (
+            self.history,
+            self.results,
+            kernel,
+            test.images,
+            test.labels,
+            self.predict(test.images),
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """The run's matplotlib figures, by name: loss, confusion_matrix, first_layer_weights,
+        samples, mistakes (a notebook shows them inline)."""
+        from mnist_jax import plot
+
+        name = self.workdir.name
+        return plot.run_figures(
+            *self._figure_inputs(), title=name, model_name=self.config.model.name
+        )
 
     def save_outputs(self) -> list[Path]:
-        """Writes plots/ and report.md from what is in memory."""
+        """Writes plots/ and report.md from what is in memory (no reload, no restore)."""
         from mnist_jax import plot
 
-        test = self.test_split()
-        return plot.save_run_outputs(self, self.predict(test.images))
+        return plot.write_run_outputs(self.workdir, self.config, *self._figure_inputs())
 
     def summary(self) -> str:
         """The closing lines: test scores, data, where the time went, where the files are."""

@@ -1,7 +1,10 @@
-"""The classic notebooks' pictures, from any run directory, without a display.
+"""Pictures and report of runs, written safely: after training from memory, or from a workdir.
 
-python -m mnist_jax.plot --workdir=runs/dnn                 # PNGs into runs/dnn/plots/ + report.md
-python -m mnist_jax.plot --compare runs/a runs/b --out=cmp.png   # overlay several runs' curves
+    python -m mnist_jax.plot --workdir=runs/dnn          # PNGs into runs/dnn/plots/ + report.md
+    python -m mnist_jax.plot --workdir=runs/dnn --config.data.dir=DIR   # scored on other data
+    python -m mnist_jax.plot --compare runs/a runs/b --out=cmp.png   # overlay runs' curves
+
+The figures themselves are pure functions in `figures.py` (re-exported here).
 """
 
 from __future__ import annotations
@@ -9,273 +12,278 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; never needs a display.
-
-import jax
-import matplotlib.pyplot as plt
 import numpy as np
-from absl import flags
+from matplotlib.figure import Figure
 
-from mnist_jax import (
-    cli,
-    config as config_lib,
-    data as data_lib,
-    evaluate,
-    metrics,
-)
+from mnist_jax import outputs
 from mnist_jax.errors import UserError
+from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
+    FIGURES,
+    GRID,
+    close,
+    compare_figure,
+    confusion,
+    confusion_figure,
+    curves_figure,
+    digits_figure,
+    first_layer_figure,
+    first_layer_kernel,
+    log_spaced,
+    run_figures,
+    run_labels,
+    sweep_figure,
+    weights_axes,
+    weights_by_steps_figure,
+)
 
 PLOTS_DIR = "plots"
-GRID = 25  # Digits shown in samples.png and mistakes.png.
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def save_figures(
+    figs: dict[str, Figure], out_dir: str | Path, root: str | Path | None = None
+) -> list[Path]:
+    """Writes each figure as <out_dir>/<name>.png atomically; `root` (default: out_dir's parent)
+    is the directory nothing may be written outside of. Checks every target first."""
+    out_dir = Path(out_dir)
+    root = Path(root) if root is not None else out_dir.parent
+    targets = {name: outputs.check_target(out_dir / f"{name}.png", root) for name in figs}
+    outputs.make_dir(out_dir, root)
+    return [outputs.save_figure(figs[name], path) for name, path in targets.items()]
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train and validation log-loss (left) and accuracy (right) against step."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for split, style in (("train", "-"), ("validation", "--")):
-        pts = [(r["step"], r["log_loss"], r["accuracy"]) for r in rows if r["split"] == split]
-        if not pts:
-            continue
-        steps, loss, acc = zip(*pts, strict=True)
-        ax_loss.plot(steps, loss, style, marker="o", ms=3, label=split)
-        ax_acc.plot(steps, 100 * np.asarray(acc, float), style, marker="o", ms=3, label=split)
-    ax_loss.set(xlabel="step", ylabel="log-loss", title="Log-loss vs step")
-    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="Accuracy vs step")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_confusion(confusion: np.ndarray, path: Path) -> Path:
-    """Row-normalised confusion matrix: each row is one true digit and sums to 1."""
-    confusion = np.asarray(confusion, float)
-    normed = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    n = len(confusion)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(normed, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            color = "white" if normed[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{normed[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
-    ax.set(
-        xticks=range(n),
-        yticks=range(n),
-        xlabel="predicted label",
-        ylabel="true label",
-        title="Confusion matrix (rows normalised)",
-    )
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
-
-
-def first_layer_kernel(params: Any) -> np.ndarray:
-    """The first Dense layer's kernel, (784, hidden units) or (784, classes) for linear."""
-    return np.asarray(params[sorted(params)[0]]["kernel"])
-
-
-def _show_weights(ax, column: np.ndarray) -> None:
-    """One unit's 784 input weights as a 28x28 image, symmetric colours around zero."""
-    w = column.reshape(28, 28)
-    lim = np.abs(w).max() or 1.0
-    ax.imshow(w, cmap="coolwarm", vmin=-lim, vmax=lim)
-
-
-def plot_first_layer(kernel: np.ndarray, path: Path, title: str, max_units: int = 100) -> Path:
-    """Each column of the first layer's kernel (784, units) as a 28x28 image."""
-    kernel = np.asarray(kernel)[:, :max_units]
-    units = kernel.shape[1]
-    cols = int(np.ceil(np.sqrt(units)))
-    rows = int(np.ceil(units / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < units:
-            _show_weights(ax, kernel[:, k])
-            if units <= 10:
-                ax.set_title(str(k), fontsize=8)
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_digits(images, labels, preds, probs, path: Path, title: str) -> Path:
-    """A grid of digits titled 'true t / pred p (prob)', wrong ones in red."""
-    n = len(images)
-    cols = 5
-    rows = max(int(np.ceil(n / cols)), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(images[k].reshape(28, 28), cmap="gray_r")
-            color = "black" if labels[k] == preds[k] else "red"
-            ax.set_title(
-                f"true {labels[k]} / pred {preds[k]} ({probs[k]:.2f})", fontsize=8, color=color
-            )
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_workdir(workdir: str | Path) -> list[Path]:
-    """Writes every picture of one run into <workdir>/plots/, then report.md."""
-    workdir = Path(workdir)
-    rows = metrics.read_jsonl(workdir / metrics.METRICS_FILE)
-    if not rows:
-        raise UserError(f"{workdir} has no metrics.jsonl rows: train first")
-    results = metrics.read_json(workdir / "results.json")
-    if "final" not in results:
-        raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
-    model, params, config = evaluate.restore_model(workdir)
-    out = workdir / PLOTS_DIR
-    out.mkdir(exist_ok=True)
-    written = [
-        plot_curves(rows, out / "loss.png", title=workdir.name),
-        plot_confusion(np.asarray(results["confusion_matrix"]), out / "confusion_matrix.png"),
-    ]
-    first = first_layer_kernel(params)
-    what = "per class" if config.model.name == "linear" else "per hidden unit"
-    written.append(
-        plot_first_layer(first, out / "first_layer_weights.png", f"First-layer weights, {what}")
-    )
-    used = data_lib.data_config_used(
-        config.data, results["data_source"], results.get("data_location", "")
-    )
-    _, test, _, _ = data_lib.load_train_test(used)
-    probs = evaluate.predict_probs(model, params, test.images)
-    preds = probs.argmax(1)
-    conf = probs.max(1)
-    pick = np.asarray(jax.random.choice(jax.random.PRNGKey(0), len(test), (GRID,), replace=False))
-    written.append(
-        plot_digits(
-            test.images[pick],
-            test.labels[pick],
-            preds[pick],
-            conf[pick],
-            out / "samples.png",
-            "Random test digits",
-        )
-    )
-    wrong = np.flatnonzero(preds != test.labels)
-    worst = wrong[np.argsort(-conf[wrong])][:GRID]
-    written.append(
-        plot_digits(
-            test.images[worst],
-            test.labels[worst],
-            preds[worst],
-            conf[worst],
-            out / "mistakes.png",
-            f"The {len(worst)} most confidently wrong of {len(wrong)} mistakes",
-        )
-    )
+def write_run_outputs(
+    workdir: str | Path,
+    config: Any,
+    history: list[dict[str, Any]],
+    results: dict[str, Any],
+    first_layer_kernel: np.ndarray | None,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    test_probs: np.ndarray,
+    scored: str = "",
+) -> list[Path]:
+    """plots/*.png and report.md of a run, from what is in memory (the driver calls this after
+    training). `scored` names the data the pictures were made on, when not the run's own."""
     from mnist_jax import report
 
-    written.append(report.write_report(workdir, config, results))
+    workdir = Path(workdir)
+    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
+    figs = run_figures(
+        history,
+        results,
+        first_layer_kernel,
+        test_images,
+        test_labels,
+        test_probs,
+        title=workdir.name,
+        model_name=config.model.name,
+    )
+    try:
+        written = save_figures(figs, workdir / PLOTS_DIR, workdir)
+    finally:
+        close(figs)
+    names = [p.stem for p in written]
+    written.append(report.write_report(workdir, config, results, names, scored))
     return written
 
 
+# ----------------------------------------------------------------------------- from a workdir
+
+
+def read_history(workdir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows, each checked to be a metrics row (a malformed one is a UserError
+    naming its line); an empty history is an error: nothing to plot."""
+    from mnist_jax import metrics
+
+    path = workdir / metrics.METRICS_FILE
+    rows = metrics.read_jsonl(path)
+    for n, row in enumerate(rows, 1):
+        ok = isinstance(row, dict) and isinstance(row.get("step"), int)
+        ok = ok and row.get("split") in ("train", "validation", "test")
+        if not ok or not all(_number(row.get(k)) for k in ("log_loss", "accuracy")):
+            raise UserError(f"{path}: line {n} is not a metrics row ({str(row)[:80]})")
+    if not rows:
+        raise UserError(f"{workdir} has no {metrics.METRICS_FILE} rows: train first")
+    return rows
+
+
+def _number(x: Any) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _read_dict(path: Path, what: str) -> dict[str, Any]:
+    from mnist_jax import metrics
+
+    if not path.is_file():
+        raise UserError(f"{path} not found: {what}")
+    d = metrics.read_json(path)
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(d).__name__}")
+    return d
+
+
+def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = None) -> list[Path]:
+    """Writes every picture of a finished run into <workdir>/plots/, then report.md.
+
+    Scores the test split of the data the run used (its saved config, pinned to the source it
+    resolved to); `data_overrides` ({"dir": ..., "source": ...}) score other data instead."""
+    return _plot_workdir(Path(workdir), data_overrides)[0]
+
+
+def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple[list[Path], str]:
+    from mnist_jax import data as data_lib, evaluate, report
+    from mnist_jax.rundir import RunDir
+
+    if not workdir.is_dir():
+        raise UserError(f"{workdir}: no such run directory")
+    history = read_history(workdir)
+    results = _read_dict(workdir / "results.json", "the run has not finished")
+    if not isinstance(results.get("final"), dict):
+        raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
+    _read_dict(workdir / "config.json", "not a mnist-jax run directory")
+    for name in FIGURES:
+        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
+    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
+    model, params, config = evaluate.restore_model(workdir)
+    used = evaluate.run_data_config(RunDir(workdir), data_overrides)
+    test, source, location = data_lib.load_test(used)
+    scored = f"{len(test):,} test digits of {source} ({location})"
+    probs = evaluate.predict_probs(model, params, test.images)
+    written = write_run_outputs(
+        workdir,
+        config,
+        history,
+        results,
+        first_layer_kernel(params),
+        test.images,
+        test.labels,
+        probs,
+        scored if data_overrides else "",
+    )
+    return written, scored
+
+
+# ----------------------------------------------------------------------------- compare, sweep
+
+
+# ----------------------------------------------------------------------------- compare, sweep
+
+
+def _describe(workdir: Path) -> dict[str, Any]:
+    """A run's flattened config with its data.* fields replaced by the data it really used."""
+    from mnist_jax import config as config_lib
+
+    flat = config_lib.flatten(_read_dict(workdir / "config.json", "not a mnist-jax run"))
+    flat = {
+        k: v for k, v in flat.items() if not k.startswith("data.") or k == "data.validation_size"
+    }
+    results_path = workdir / "results.json"
+    if results_path.is_file():
+        results = _read_dict(results_path, "")
+        source, where = results.get("data_source", "?"), results.get("data_location", "")
+        flat["data"] = source if source == "sample" else f"{source} {where}".strip()
+    return flat
+
+
 def compare(workdirs: list[str | Path], out: str | Path) -> Path:
-    """Overlays the validation curves of several runs, labelled by their differing fields."""
+    """Writes `out` (any matplotlib format): the runs' curves overlaid, each labelled by its
+    workdir name and the config fields in which the runs differ."""
     workdirs = [Path(w) for w in workdirs]
-    configs = [config_lib.flatten(metrics.read_json(w / "config.json")) for w in workdirs]
-    keys = sorted({k for c in configs for k in c if len({str(d.get(k)) for d in configs}) > 1})
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for w, c in zip(workdirs, configs, strict=True):
-        rows = [
-            r for r in metrics.read_jsonl(w / metrics.METRICS_FILE) if r["split"] == "validation"
-        ]
-        if not rows:
-            rows = [
-                r for r in metrics.read_jsonl(w / metrics.METRICS_FILE) if r["split"] == "train"
-            ]
-        label = ", ".join(f"{k}={c.get(k)}" for k in keys) or w.name
-        steps = [r["step"] for r in rows]
-        ax_loss.plot(steps, [r["log_loss"] for r in rows], marker="o", ms=3, label=label)
-        ax_acc.plot(steps, [100 * r["accuracy"] for r in rows], marker="o", ms=3, label=label)
-    ax_loss.set(xlabel="step", ylabel="validation log-loss")
-    ax_acc.set(xlabel="step", ylabel="validation accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Runs compared")
-    return _save(fig, Path(out))
+    if not workdirs:
+        raise UserError("--compare needs at least one run directory")
+    out = outputs.check_target(out)
+    names = [w.name or str(w) for w in workdirs]
+    if len(set(names)) < len(names):
+        names = [str(w) for w in workdirs]
+    configs = [_describe(w) for w in workdirs]
+    histories = [read_history(w) for w in workdirs]
+    fig = compare_figure(list(zip(run_labels(names, configs), histories, strict=True)))
+    try:
+        return outputs.save_figure(fig, out)
+    finally:
+        close(fig)
 
 
-def plot_sweep(rows: list[dict[str, Any]], workdir: Path, fields: list[str]) -> list[Path]:
-    """sweep.png: validation accuracy against each swept field, and the best members' curves;
-    first_layer_by_steps.png when num_steps was swept (weights after 10, 100, 1000 steps)."""
-    fig, axes = plt.subplots(1, len(fields) + 1, figsize=(4.5 * (len(fields) + 1), 4))
-    axes = np.atleast_1d(axes)
-    ok = [r for r in rows if r["validation_accuracy"] is not None]
-    for ax, field in zip(axes, fields, strict=False):
-        values = [r[field] for r in ok]
-        numeric = all(isinstance(v, (int, float)) for v in values)
-        x = values if numeric else [str(v) for v in values]
-        ax.scatter(x, [100 * r["validation_accuracy"] for r in ok], alpha=0.7)
-        if numeric and min(values) > 0 and max(values) / min(values) >= 100:
-            ax.set_xscale("log")
-        ax.set(xlabel=field, ylabel="validation accuracy (%)")
-        ax.grid(alpha=0.3)
-    for r in ok[:3]:
-        curve = [
-            row
-            for row in metrics.read_jsonl(workdir / r["member"] / metrics.METRICS_FILE)
-            if row["split"] == "validation"
-        ]
-        axes[-1].plot([c["step"] for c in curve], [c["log_loss"] for c in curve], label=r["member"])
-    axes[-1].set(xlabel="step", ylabel="validation log-loss", title="Best members")
-    axes[-1].legend(fontsize=7)
-    axes[-1].grid(alpha=0.3)
-    fig.tight_layout()
-    written = [_save(fig, workdir / "sweep.png")]
+def plot_sweep(
+    rows: list[dict[str, Any]],
+    workdir: Path,
+    fields: list[str],
+    kernels: dict[str, np.ndarray] | None = None,
+) -> list[Path]:
+    """sweep.png, and first_layer_by_steps.png when num_steps was swept. `kernels` (member ->
+    first-layer kernel) spares restoring members' checkpoints."""
+    from mnist_jax import evaluate
+
+    workdir = Path(workdir)
+    figs: dict[str, Figure] = {}
+    ok = [r for r in rows if r.get("validation_accuracy") is not None]
+    curves = {r["member"]: read_history(workdir / r["member"]) for r in ok[:3]}
+    figs["sweep"] = sweep_figure(rows, fields, curves)
     if "num_steps" in fields and ok:
         best = ok[0]
         same = [r for r in ok if all(r[f] == best[f] for f in fields if f != "num_steps")]
         same.sort(key=lambda r: r["num_steps"])
-        fig, axes = plt.subplots(len(same), 10, figsize=(12, 1.4 * len(same)), squeeze=False)
-        for row_axes, r in zip(axes, same, strict=True):
-            _, params, _ = evaluate.restore_model(workdir / r["member"])
-            kernel = first_layer_kernel(params)
-            for k, ax in enumerate(row_axes):
-                _show_weights(ax, kernel[:, k])
-                ax.set_xticks([])
-                ax.set_yticks([])
-            row_axes[0].set_ylabel(f"{r['num_steps']} steps", fontsize=9)
-        fig.suptitle(f"First-layer weights after each num_steps ({best['member']} otherwise)")
-        written.append(_save(fig, workdir / "first_layer_by_steps.png"))
-    return written
+        found = []
+        for r in same:
+            k = (kernels or {}).get(r["member"])
+            if k is None:
+                k = first_layer_kernel(evaluate.restore_model(workdir / r["member"])[1])
+            found.append((r["num_steps"], k))
+        figs["first_layer_by_steps"] = weights_by_steps_figure(
+            found, f"First-layer weights after each num_steps ({best['member']} otherwise)"
+        )
+    try:
+        return save_figures(figs, workdir, workdir)
+    finally:
+        close(figs)
+
+
+# ----------------------------------------------------------------------------- command line
 
 
 def main(argv: list[str]) -> None:
     """The command line (flags defined under __main__: main.py imports this module too)."""
+    from absl import flags
+    from ml_collections import config_flags
+
     f = flags.FLAGS
     workdirs = list(f.compare or []) + argv[1:]  # --compare a b: b arrives as an argument.
+    overrides = config_flags.get_override_values(f["config"])
     if f.compare:
+        if overrides:
+            raise UserError("--compare takes no --config.* flags")
         print(compare(workdirs, f.out))
     elif f.workdir:
-        for path in plot_workdir(f.workdir):
+        if argv[1:]:
+            raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        data = {}
+        for key, value in overrides.items():
+            if not key.startswith("data."):
+                raise UserError(
+                    f"--config.{key}: plot scores the run's own model; "
+                    "only --config.data.* fields can be given"
+                )
+            data[key.removeprefix("data.")] = value
+        written, scored = _plot_workdir(Path(f.workdir), data)
+        print(f"scored {scored}")
+        for path in written:
             print(path)
     else:
-        raise UserError("pass --workdir=RUN or --compare RUN RUN ...")
+        raise UserError("pass --workdir=RUN or --compare RUN RUN ... --out=FILE")
 
 
 if __name__ == "__main__":
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mnist_jax import cli, config as _config
+
     flags.DEFINE_string("workdir", None, "Run directory to plot.")
     flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
-    flags.DEFINE_string("out", "compare.png", "Output file of --compare.")
+    flags.DEFINE_string("out", "compare.png", "Output file of --compare (.png, .pdf, .svg, ...).")
+    config_flags.DEFINE_config_file(
+        "config",
+        _config.__file__,
+        "Optional; --config.data.FIELD=VALUE scores other data than the run's own.",
+    )
     cli.run(main)
-
-
-def save_run_outputs(run: Any, probs: np.ndarray) -> list[Path]:
-    """plots/ and report.md of a run just trained (interim: re-reads the workdir)."""
-    del probs
-    return plot_workdir(run.workdir)

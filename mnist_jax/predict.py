@@ -1,12 +1,13 @@
-"""Predict digits with a trained run: images of any size, or rows of a CSV file.
+"""Predict digits with a trained run: image files of any common mode and size, or CSV rows.
 
     python -m mnist_jax.predict --workdir=runs/dnn digit.png photo.jpg ...
-    python -m mnist_jax.predict --workdir=runs/dnn --csv=mnist_test.csv
+    python -m mnist_jax.predict --workdir=runs/dnn --csv=digits.csv
 
-Images are converted the MNIST way: greyscale; ink as high values (a light background is
-inverted); the digit's bounding box scaled to fit 20x20 keeping its aspect ratio; placed in a
-28x28 frame with its centre of mass at the centre. A file that cannot be read is one error line
-and the others are still predicted; the exit status is then 1.
+The run's own saved config and checkpoint give the model (`--config` is optional and only
+checked against it). Images are converted the MNIST way (see `images.py`, which also names the
+size cap). A CSV holds 784 pixel columns per row, optionally after a label column (785); the
+accuracy is printed only when there are labels. A file that cannot be read is one `error:`
+line and the other files are still predicted; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -15,69 +16,115 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import flags
 
-from mnist_jax import cli, data as data_lib
 from mnist_jax.errors import UserError
+from mnist_jax.images import MAX_SIDE, as_mnist, image_to_mnist  # noqa: F401  (re-exported)
 
-
-def image_to_mnist(path: str | Path) -> np.ndarray:
-    """Reads an image file and returns 784 uint8 pixels as MNIST would store the digit."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            grey = np.asarray(ImageOps.exif_transpose(img).convert("L"), dtype=np.float64)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) > 127:  # Dark ink on a light background: make ink bright.
-        grey, border = 255 - grey, 255 - border
-    ink = np.clip(grey - np.median(border), 0, None)
-    if ink.max() < 32:
-        raise UserError(f"{path}: no digit found (the image is blank or has no contrast)")
-    rows, cols = np.nonzero(ink > 0.2 * ink.max())
-    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    ink = ink * (255.0 / ink.max())
-    h, w = ink.shape
-    scale = 20.0 / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    box = Image.fromarray(ink.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
-    box = np.asarray(box, dtype=np.float64)
-    frame = np.zeros((28, 28))
-    top, left = (28 - box.shape[0]) // 2, (28 - box.shape[1]) // 2
-    frame[top : top + box.shape[0], left : left + box.shape[1]] = box
-    total = frame.sum()
-    cy = (frame.sum(axis=1) * np.arange(28)).sum() / total
-    cx = (frame.sum(axis=0) * np.arange(28)).sum() / total
-    frame = np.roll(frame, (round(13.5 - cy), round(13.5 - cx)), axis=(0, 1))
-    return np.clip(frame, 0, 255).astype(np.uint8).reshape(784)
+NUM_PIXELS = 784
 
 
 def format_probs(probs: np.ndarray) -> str:
     return " ".join(f"{k}:{p:.3f}" for k, p in enumerate(probs))
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory.")
-_CSV = flags.DEFINE_string("csv", None, "A CSV file of rows 'label,784 pixels' to predict.")
+def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images uint8 (n, 784), labels int32 (n,) or None) from a comma-separated file of
+    784 pixels per row, or a label (0-9) and 784 pixels. Rows are numbered from 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {'is a directory' if path.is_dir() else 'file not found'}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # A UTF-8 byte-order mark is accepted.
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a CSV") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"{path}: empty CSV file")
+    first = lines[0]
+    if "," not in first:
+        sep = "tab" if "\t" in first else "semicolon" if ";" in first else "no"
+        raise UserError(f"{path}: row 1 has {sep} separators; expected comma-separated values")
+    try:
+        float(first.split(",")[0])
+    except ValueError:
+        head = first.split(",")[0].strip()[:20]
+        raise UserError(f"{path}: row 1 starts with {head!r}: remove the header row") from None
+    width = first.count(",") + 1
+    if width not in (NUM_PIXELS, NUM_PIXELS + 1):
+        raise UserError(
+            f"{path}: row 1 has {width} columns; expected 784 pixels or a label and 784 pixels"
+        )
+    for n, line in enumerate(lines, 1):
+        if line.count(",") + 1 != width:
+            raise UserError(f"{path}: row {n} has {line.count(',') + 1} columns, row 1 {width}")
+    try:
+        table = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise UserError(f"{path}: {str(e).splitlines()[0][:200]}") from None
+    labels = table[:, 0] if width == NUM_PIXELS + 1 else None
+    pixels = table[:, 1:] if labels is not None else table
+    if labels is not None:
+        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > 9))
+        if bad.size:
+            raise UserError(f"{path}: row {bad[0] + 1} has label {labels[bad[0]]:g}, expected 0-9")
+    bad_px = np.argwhere(~np.isfinite(pixels) | (pixels != np.round(pixels)))
+    bad_px = bad_px if bad_px.size else np.argwhere((pixels < 0) | (pixels > 255))
+    if bad_px.size:
+        r, c = bad_px[0]
+        raise UserError(f"{path}: row {r + 1} has pixel {pixels[r, c]:g}, expected integers 0-255")
+    return pixels.astype(np.uint8), None if labels is None else labels.astype(np.int32)
+
+
+def _check_config(workdir: Path, saved) -> None:
+    """An explicit --config must describe the run's model (predict always uses the run's)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    flag = flags.FLAGS["config"]
+    if not flag.present and not config_flags.get_override_values(flag):
+        return
+    from mnist_jax import config as config_lib
+
+    given = config_lib.flatten(config_lib.to_dict(flag.value.model))
+    ours = config_lib.flatten(config_lib.to_dict(saved.model))
+    differ = [k for k in sorted(given) if str(given[k]) != str(ours.get(k))]
+    if differ:
+        k = differ[0]
+        raise UserError(
+            f"--config gives model.{k}={_show(given[k])} but the run in {workdir} has "
+            f"{_show(ours.get(k))}; "
+            "predict uses the run's own config: drop --config"
+        )
+
+
+def _show(v):
+    return tuple(v) if isinstance(v, list) else v
 
 
 def main(argv: list[str]) -> int:
+    from absl import flags
+
     from mnist_jax import evaluate
 
+    f = flags.FLAGS
     paths = argv[1:]
-    if not _WORKDIR.value or not (paths or _CSV.value):
+    if not f.workdir or not (paths or f.csv):
         raise UserError("usage: python -m mnist_jax.predict --workdir=RUN IMAGE... | --csv=FILE")
-    model, params, _ = evaluate.restore_model(_WORKDIR.value)
+    csv = read_rows(f.csv) if f.csv else None  # Inputs first: nothing is restored for a typo.
+    model, params, saved = evaluate.restore_model(f.workdir)
+    _check_config(Path(f.workdir), saved)
     failures = 0
-    if _CSV.value:
-        rows = data_lib.read_csv(_CSV.value)
-        probs = evaluate.predict_probs(model, params, rows.images)
-        for i, (label, p) in enumerate(zip(rows.labels, probs, strict=True)):
-            print(f"row {i + 1}: {p.argmax()} (label {label})  {format_probs(p)}")
-        print(f"accuracy {np.mean(probs.argmax(1) == rows.labels):.4f} on {len(rows)} rows")
+    if csv is not None:
+        images, labels = csv
+        probs = evaluate.predict_probs(model, params, images)
+        for i, p in enumerate(probs):
+            label = "" if labels is None else f" (label {labels[i]})"
+            print(f"row {i + 1}: {p.argmax()}{label}  {format_probs(p)}")
+        if labels is not None:
+            accuracy = 100 * np.mean(probs.argmax(1) == labels)
+            print(f"accuracy {accuracy:.2f}% on {len(labels):,} labelled rows")
     images, names = [], []
     for path in paths:
         try:
@@ -87,12 +134,21 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
     if images:
-        for name, p in zip(
-            names, evaluate.predict_probs(model, params, np.stack(images)), strict=True
-        ):
+        probs = evaluate.predict_probs(model, params, np.stack(images))
+        for name, p in zip(names, probs, strict=True):
             print(f"{name}: {p.argmax()}  {format_probs(p)}")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mnist_jax import cli, config as _config
+
+    flags.DEFINE_string("workdir", None, "A trained run's directory.")
+    flags.DEFINE_string("csv", None, "A CSV file: 784 pixels per row, or a label and 784 pixels.")
+    config_flags.DEFINE_config_file(
+        "config", _config.__file__, "Optional: checked against the run's own saved config."
+    )
     cli.run(main)

