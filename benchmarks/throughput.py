@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import config as config_lib, data, models, train
+from mnist_jax import config as config_lib, data, driver, models, optim, step
+from mnist_jax.sharding import Placement
 
 CASES = {
     "tflearn_dnn": {"hidden_units": (342, 68), "optimizer": "sgd", "learning_rate": 0.1},
@@ -37,7 +38,7 @@ def build(case: dict, batch_size: int):
     c.optimizer.learning_rate = case["learning_rate"]
     c.optimizer.clip_norm = 5.0 if case["optimizer"] == "adagrad" else 0.0
     c.batch_size = batch_size
-    return models.create_model(c.model), train.make_optimizer(c.optimizer)
+    return models.create_model(c.model), optim.make_optimizer(c.optimizer)
 
 
 def timed(fn, repeats: int) -> float:
@@ -50,23 +51,31 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def _members(model, tx, images, labels, k):
+    """Device data and K stacked fresh states, placed as the driver places them."""
+    p = Placement()
+    x, y = p.put(images), p.put(labels)
+    rows = p.put(np.stack([np.arange(len(labels), dtype=np.int32)] * k))
+    states = [step.init_state(model, tx, s) for s in range(k)]
+    return p, x, y, rows, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+
+
 def project_loop(model, tx, images, labels, batch_size, steps):
-    """The project's public API: Engine.train_chunk over device-resident data."""
-    engine = train.Engine(model, tx, batch_size=batch_size, num_train=len(labels))
-    x, y = engine.put_replicated(images), engine.put_replicated(labels)
-    state = engine.init(0)
+    """The program the run driver calls (driver.chunk_program), over device-resident data."""
+    p, x, y, rows, state = _members(model, tx, images, labels, 1)
+    program = driver.chunk_program(model, tx, batch_size, p, "auto", 1)
     t = time.perf_counter()
-    compiled = engine.train_chunk.lower(state, x, y, 0, steps).compile()
+    compiled = program.lower(state, x, y, rows, 0, steps).compile()
     compile_s = time.perf_counter() - t
     holder = [state, 0]
 
     def run():
-        holder[0], stats = compiled(holder[0], x, y, holder[1], steps)
+        holder[0], stats = compiled(holder[0], x, y, rows, holder[1], steps)
         holder[1] += steps
         jax.block_until_ready(stats)
 
     run()  # Warm-up.
-    return run, compile_s, engine, holder
+    return run, compile_s, p, holder
 
 
 def scan_loop(model, tx, images, labels, batch_size, steps):
@@ -138,19 +147,14 @@ def per_step_loop(model, tx, images, labels, batch_size, steps):
 
 
 def sweep_case(model, tx, images, labels, batch_size, steps, k, vectorize, repeats):
-    """Model-examples/s of K members in one program (`sweep.member_axis`)."""
-    from mnist_jax import sweep
-
-    engine = train.Engine(model, tx, batch_size=batch_size, num_train=len(labels))
-    x, y = engine.put_replicated(images), engine.put_replicated(labels)
-    rows = jnp.stack([jnp.arange(len(labels), dtype=jnp.int32)] * k)
-    state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[engine.init(s) for s in range(k)])
-    chunk = jax.jit(sweep.member_axis(engine._train_chunk, vectorize))
-    compiled = chunk.lower(state, x, y, 0, steps, rows).compile()
+    """Model-examples/s of K members in one program (`driver.member_axis`)."""
+    p, x, y, rows, state = _members(model, tx, images, labels, k)
+    program = driver.chunk_program(model, tx, batch_size, p, vectorize, k)
+    compiled = program.lower(state, x, y, rows, 0, steps).compile()
     holder = [state, 0]
 
     def run():
-        holder[0], stats = compiled(holder[0], x, y, holder[1], steps, rows)
+        holder[0], stats = compiled(holder[0], x, y, rows, holder[1], steps)
         holder[1] += steps
         jax.block_until_ready(stats)
 
@@ -181,7 +185,7 @@ def main() -> None:
     for name in args.cases.split(","):
         case = CASES[name]
         model, tx = build(case, args.batch_size)
-        run_project, compile_s, engine, holder = project_loop(
+        run_project, compile_s, placement, holder = project_loop(
             model, tx, images, labels, args.batch_size, steps
         )
         rates = {"project": steps * args.batch_size / timed(run_project, repeats)}
@@ -195,8 +199,14 @@ def main() -> None:
             row.update({f"ratio_to_{k}": round(rate / v, 3) for k, v in rates.items() if k != loop})
             print(json.dumps(row), flush=True)
 
-        split = engine.put_eval(data.Split(images, labels), 10_000)
-        evaluate = functools.partial(engine.eval_split, holder[0].params, split)
+        split = placement.put_eval(data.Split(images, labels), 10_000)
+        sums = jax.jit(functools.partial(step.eval_sums, model=model))
+        params = jax.tree_util.tree_map(lambda a: a[0], holder[0].params)
+
+        evaluate = functools.partial(
+            lambda f, *a: jax.block_until_ready(f(*a)),
+            sums, params, split.images, split.labels, split.size,
+        )  # fmt: skip
         evaluate()
         eval_rate = n / timed(evaluate, repeats)
         row = {**header, "case": name, "loop": "eval", "examples_per_sec": round(eval_rate)}

@@ -326,17 +326,9 @@ class _Group:
 
     def compile(self, vectorize: str):
         tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
-        chunk = functools.partial(
-            step_lib.train_chunk, model=self.model, tx=tx, batch_size=self.config.batch_size,
-            batch_sharding=self.p.batch,
-        )  # fmt: skip
-        fn = member_axis(chunk, vectorize, self.K)
+        fn = chunk_program(self.model, tx, self.config.batch_size, self.p, vectorize, self.K)
         t = time.time()
-        compiled = (
-            jax.jit(fn, donate_argnums=0)
-            .lower(self.state, self.images, self.labels, self.rows, 0, 0)
-            .compile()
-        )
+        compiled = fn.lower(self.state, self.images, self.labels, self.rows, 0, 0).compile()
         self.timing.compile_s += time.time() - t
         return compiled
 
@@ -492,6 +484,14 @@ class _Group:
             self.writers[k].final(m.config, results)
             out.append(Outcome(m, results, state.params, ds, self.model))
         return out
+
+
+def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):
+    """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
+    `(states, stats)` with a leading member axis on states, rows and stats; states donated."""
+    chunk = functools.partial(step_lib.train_chunk, model=model, tx=tx, batch_size=batch_size,
+                              batch_sharding=placement.batch)  # fmt: skip
+    return jax.jit(member_axis(chunk, vectorize, members), donate_argnums=0)
 
 
 def member_axis(chunk, vectorize: str, num_members: int):
