@@ -157,13 +157,14 @@ def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
 
     argv = _joined_config_flag(argv)
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), None)
-    if spec is None:
-        if any(_override_name(a) for a in argv):
-            raise UserError("--config.FIELD overrides need --config=NAME_OR_PATH")
-        return argv, None
-    path, _, arg = spec.partition(":")
-    resolved = config_lib.resolve(path)
-    config = config_lib.load_file(resolved, arg or None)
+    if spec is None:  # Overrides alone (plot, predict, eval) apply to the base config.
+        if not any(_override_name(a) for a in argv):
+            return argv, None
+        config, resolved, arg = config_lib.get_config(), "", ""
+    else:
+        path, _, arg = spec.partition(":")
+        resolved = config_lib.resolve(path)
+        config = config_lib.load_file(resolved, arg or None)
     known = config_lib.field_names(config)
     rest, values = [], {}
     args = iter(argv)

@@ -59,7 +59,7 @@ def run(argv: list[str]) -> int:
         return 0
     if not _WORKDIR.value:
         raise UserError("--workdir is required (where the run's files go)")
-    if config is None and _MODE.value == "train":
+    if not flags.FLAGS["config"].present and _MODE.value == "train":
         raise UserError("--config is required to train (e.g. --config=configs/dnn.py)")
 
     import jax

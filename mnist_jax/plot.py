@@ -93,33 +93,20 @@ def write_run_outputs(
 def read_history(workdir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl's rows, each checked to be a metrics row (a malformed one is a UserError
     naming its line); an empty history is an error: nothing to plot."""
-    from mnist_jax import metrics
+    from mnist_jax import rundir
 
-    path = workdir / metrics.METRICS_FILE
-    rows = metrics.read_jsonl(path)
-    for n, row in enumerate(rows, 1):
-        ok = isinstance(row, dict) and isinstance(row.get("step"), int)
-        ok = ok and row.get("split") in ("train", "validation", "test")
-        if not ok or not all(_number(row.get(k)) for k in ("log_loss", "accuracy")):
-            raise UserError(f"{path}: line {n} is not a metrics row ({str(row)[:80]})")
+    rows = rundir.read_jsonl(workdir / rundir.METRICS)
     if not rows:
-        raise UserError(f"{workdir} has no {metrics.METRICS_FILE} rows: train first")
+        raise UserError(f"{workdir} has no {rundir.METRICS} rows: train first")
     return rows
 
 
-def _number(x: Any) -> bool:
-    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
-
-
 def _read_dict(path: Path, what: str) -> dict[str, Any]:
-    from mnist_jax import metrics
+    from mnist_jax import rundir
 
     if not path.is_file():
         raise UserError(f"{path} not found: {what}")
-    d = metrics.read_json(path)
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(d).__name__}")
-    return d
+    return rundir.read_json(path)
 
 
 def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = None) -> list[Path]:
@@ -244,11 +231,12 @@ def plot_sweep(
 def main(argv: list[str]) -> None:
     """The command line (flags defined under __main__: main.py imports this module too)."""
     from absl import flags
-    from ml_collections import config_flags
 
     f = flags.FLAGS
     workdirs = list(f.compare or []) + argv[1:]  # --compare a b: b arrives as an argument.
-    overrides = config_flags.get_override_values(f["config"])
+    from mnist_jax import cli
+
+    overrides = dict(cli.OVERRIDES)
     if f.compare:
         if overrides:
             raise UserError("--compare takes no --config.* flags")

@@ -80,10 +80,11 @@ def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 def _check_config(workdir: Path, saved) -> None:
     """An explicit --config must describe the run's model (predict always uses the run's)."""
     from absl import flags
-    from ml_collections import config_flags
+
+    from mnist_jax import cli
 
     flag = flags.FLAGS["config"]
-    if not flag.present and not config_flags.get_override_values(flag):
+    if not flag.present and not cli.OVERRIDES:
         return
     from mnist_jax import config as config_lib
 

@@ -57,7 +57,8 @@ def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable JSON ({e})") from None
     if kind is not None and not isinstance(obj, kind):
-        raise UserError(f"{path}: expected a JSON {kind.__name__}, found {type(obj).__name__}")
+        expected = "object" if kind is dict else kind.__name__
+        raise UserError(f"{path}: expected a JSON {expected}, found {type(obj).__name__}")
     return obj
 
 
@@ -78,18 +79,33 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("not an object with an integer step")
         except ValueError as e:
             if number == len(lines):  # The unterminated last line of a killed writer.
                 break
             if strict:
                 raise UserError(
-                    f"{path}: line {number} is malformed ({e}); fix or delete that line"
+                    f"{path}: line {number} is malformed JSON ({e}); fix or delete that line"
                 ) from None
+            continue
+        if not _is_metrics_row(row):
+            if strict:
+                raise UserError(f"{path}: line {number} is not a metrics row ({line[:80]})")
             continue
         rows.append(row)
     return rows
+
+
+def _is_metrics_row(row: Any) -> bool:
+    def number(x: Any) -> bool:
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("step"), int)
+        and not isinstance(row.get("step"), bool)
+        and row.get("split") in ("train", "validation", "test")
+        and all(number(row.get(k)) for k in ("log_loss", "accuracy"))
+    )
 
 
 class RunDir:

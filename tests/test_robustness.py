@@ -115,7 +115,7 @@ def test_workdir_that_cannot_be_created(tmp_path, idx_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     line = _one_error_line(_run(_args(idx_dir, blocker / "run", "--config.num_steps=20")))
-    assert "is not writable" in line and "a-file/run" in line
+    assert "cannot be created" in line and "a-file/run" in line
 
 
 def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, idx_dir):
@@ -170,6 +170,7 @@ def test_bad_csv_through_the_cli(tmp_path, idx_dir, make, message):
     make(tmp_path)
     extra = [
         "--config.data.source=csv",
+        "--config.data.dir=",
         f"--config.data.train_file={tmp_path / 't.csv'}",
         f"--config.data.test_file={tmp_path / 't.csv'}",
     ]
