@@ -31,3 +31,54 @@ def test_throughput_quick_mode_prints_json_lines():
     for r in rows:
         assert r.get("examples_per_sec", r.get("model_examples_per_sec")) > 0
     assert {r["k"] for r in rows if r["loop"] == "sweep_map"} == {1, 2}
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_linear_loop_quick_mode_prints_each_loop_and_the_ratios():
+    proc = run_benchmark("benchmarks/linear_loop.py", "--quick", "--cases=linear")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    parts = {r["part"]: r["ms_per_epoch"] for r in rows if "part" in r}
+    assert set(parts) == {"permutation_jax_random", "permutation_feistel", "gather_epoch_rows"}
+    loops = {r["loop"]: r["examples_per_sec"] for r in rows if "loop" in r}
+    assert set(loops) == {
+        "project",
+        "project_feistel",
+        "ceiling_jax_epoch_gather",
+        "ceiling_jax_batch_gather",
+        "ceiling_feistel_epoch_gather",
+        "ceiling_feistel_batch_gather",
+        "preshuffled",
+    }
+    assert min(*parts.values(), *loops.values()) > 0
+    (ratios,) = [r["ratios"] for r in rows if "ratios" in r]
+    fair = max(loops["ceiling_jax_epoch_gather"], loops["ceiling_jax_batch_gather"])
+    assert abs(ratios["project/fair_ceiling"] - loops["project"] / fair) < 0.01
+
+
+def test_time_to_accuracy_quick_mode_reports_a_run_of_the_whole_command(tmp_path):
+    proc = run_benchmark(
+        "benchmarks/time_to_accuracy.py", "--quick", f"--scratch={tmp_path}", "--target=0.1"
+    )
+    lines = proc.stdout.splitlines()
+    row = json.loads(lines[0])
+    assert row["config"] == "linear" and row["data"] == "sample" and row["repeats"] == 1
+    assert row["num_steps"] == 20 and 0 < row["test_accuracy"] <= 1
+    assert row["wall_s"] > 0 and row["step_to_target"] in (10, 20)
+    assert set(row["split"]) == {
+        "startup_s",
+        "data_s",
+        "compile_s",
+        "train_s",
+        "eval_s",
+        "plots_s",
+        "wall_s",
+    }
+    assert lines[1].startswith("| config |") and lines[3].startswith("| linear | sample |")
+    assert list(tmp_path.iterdir()) == []  # The workdirs are removed.
