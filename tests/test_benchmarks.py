@@ -49,7 +49,7 @@ def test_linear_loop_quick_mode_prints_each_loop_and_the_ratios():
     loops = {r["loop"]: r["examples_per_sec"] for r in rows if "loop" in r}
     assert set(loops) == {
         "project",
-        "project_feistel",
+        "project_jax_permutation",
         "ceiling_jax_epoch_gather",
         "ceiling_jax_batch_gather",
         "ceiling_feistel_epoch_gather",
@@ -58,8 +58,8 @@ def test_linear_loop_quick_mode_prints_each_loop_and_the_ratios():
     }
     assert min(*parts.values(), *loops.values()) > 0
     (ratios,) = [r["ratios"] for r in rows if "ratios" in r]
-    fair = max(loops["ceiling_jax_epoch_gather"], loops["ceiling_jax_batch_gather"])
-    assert abs(ratios["project/fair_ceiling"] - loops["project"] / fair) < 0.01
+    fair = max(loops["ceiling_feistel_epoch_gather"], loops["ceiling_feistel_batch_gather"])
+    assert abs(ratios["project/fair_ceiling_feistel"] - loops["project"] / fair) < 0.01
 
 
 def test_time_to_accuracy_quick_mode_reports_a_run_of_the_whole_command(tmp_path):
