@@ -100,7 +100,7 @@ def project_runner(model, tx, images, labels, batch_size, steps, permutation=Non
 def scan_step(model, tx):
     """The ceiling's step: the same model, loss and optimizer as `step.train_step`."""
 
-    def step(carry, batch):
+    def update(carry, batch):
         params, opt_state = carry
         images, labels = batch
 
@@ -112,7 +112,7 @@ def scan_step(model, tx):
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    return step
+    return update
 
 
 def epoch_batches(permutation: Permutation, key, images, labels, epoch, batch_size):
