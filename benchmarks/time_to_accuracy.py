@@ -19,7 +19,6 @@ Nothing about speed is asserted; a failing run is reported and makes the exit st
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -37,14 +36,10 @@ DEFAULT_TARGETS = {"linear": 0.92, "fast_cnn": 0.99, "cnn": 0.992}
 
 def shipped_configs() -> list[str]:
     """Names of configs/*.py that train one run (files that define a `sweep` are presets)."""
-    names = []
-    for path in sorted((REPO / "configs").glob("*.py")):
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not module.get_config().get("sweep"):
-            names.append(path.stem)
-    return names
+    from mnist_jax import config as config_lib
+
+    names = config_lib.list_configs()
+    return [n for n in names if not config_lib.load_file(config_lib.resolve(n)).get("sweep")]
 
 
 def data_flags(quick: bool) -> tuple[list[str], str]:
