@@ -56,12 +56,12 @@ class Run:
     """A trained run: its config, final parameters, metric history and results."""
 
     workdir: Path
-    config: ml_collections.ConfigDict
-    model: Any
-    params: Any
-    results: dict[str, Any]
-    history: list[dict[str, Any]]
-    test: data_lib.Split | None = None  # The test split scored, when it is in memory.
+    config: ml_collections.ConfigDict = dataclasses.field(repr=False)
+    model: Any = dataclasses.field(repr=False)
+    params: Any = dataclasses.field(repr=False)
+    results: dict[str, Any] = dataclasses.field(repr=False)
+    history: list[dict[str, Any]] = dataclasses.field(repr=False)
+    test: data_lib.Split | None = dataclasses.field(default=None, repr=False)  # When in memory.
 
     @property
     def test_accuracy(self) -> float:

@@ -541,6 +541,11 @@ def summarize(config, dataset, plan, state, final, timing: Timing, steps: int) -
         "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
         "data_source": dataset.source,
         "data_location": dataset.location,
+        "data_sizes": {
+            "train": len(dataset.train),
+            "validation": len(dataset.validation),
+            "test": len(dataset.test),
+        },  # fmt: skip
         "num_classes": int(final["test"]["confusion_matrix"].shape[0]),
         "num_params": models.count_params(state.params),
         "num_steps": plan.num_steps,

@@ -88,10 +88,16 @@ class _Bar:
     terminal or notebook, period lines go to the log and no bar is drawn."""
 
     def __init__(self, total: int, initial: int, members: int, enabled: bool | None):
-        from tqdm.auto import tqdm
-
         if enabled is None:
             enabled = sys.stderr.isatty() or _in_notebook()
+        from tqdm import tqdm
+
+        if enabled and _in_notebook():
+            try:  # Jupyter's widget bar when ipywidgets is there, else the text bar.
+                import ipywidgets  # noqa: F401
+                from tqdm.notebook import tqdm
+            except ImportError:
+                pass
         unit = "step" if members == 1 else f"step x{members}"
         self._tqdm = tqdm(total=total, initial=initial, unit=unit, disable=not enabled,
                           dynamic_ncols=True, leave=True)  # fmt: skip
