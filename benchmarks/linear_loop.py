@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import data, driver, models, shuffle, step
+from mnist_jax import data, models, shuffle, step
 from mnist_jax.optim import make_optimizer
 from mnist_jax.sharding import Placement
 
@@ -81,11 +81,11 @@ def project_runner(model, tx, images, labels, batch_size, steps, permutation=Non
     rows = p.put(np.arange(len(labels), dtype=np.int32)[None])
     state = jax.tree_util.tree_map(lambda a: a[None], step.init_state(model, tx, 0))
     if permutation is None:
-        program = driver.chunk_program(model, tx, batch_size, p, "auto", 1)
+        program = step.chunk_program(model, tx, batch_size, p, "auto", 1)
     else:
         chunk = functools.partial(step.train_chunk, model=model, tx=tx, batch_size=batch_size,
                                   batch_sharding=p.batch, permutation=permutation)  # fmt: skip
-        program = jax.jit(driver.member_axis(chunk, "auto", 1), donate_argnums=0)
+        program = jax.jit(step.member_axis(chunk, "auto", 1), donate_argnums=0)
     compiled = program.lower(state, x, y, rows, 0, steps).compile()
     holder = {"state": state, "step": 0}
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import config as config_lib, data, driver, models, optim, step
+from mnist_jax import config as config_lib, data, models, optim, step
 from mnist_jax.sharding import Placement
 
 CASES = {
@@ -61,9 +61,9 @@ def _members(model, tx, images, labels, k):
 
 
 def project_loop(model, tx, images, labels, batch_size, steps):
-    """The program the run driver calls (driver.chunk_program), over device-resident data."""
+    """The program the run driver calls (step.chunk_program), over device-resident data."""
     p, x, y, rows, state = _members(model, tx, images, labels, 1)
-    program = driver.chunk_program(model, tx, batch_size, p, "auto", 1)
+    program = step.chunk_program(model, tx, batch_size, p, "auto", 1)
     t = time.perf_counter()
     compiled = program.lower(state, x, y, rows, 0, steps).compile()
     compile_s = time.perf_counter() - t
@@ -147,9 +147,9 @@ def per_step_loop(model, tx, images, labels, batch_size, steps):
 
 
 def sweep_case(model, tx, images, labels, batch_size, steps, k, vectorize, repeats):
-    """Model-examples/s of K members in one program (`driver.member_axis`)."""
+    """Model-examples/s of K members in one program (`step.member_axis`)."""
     p, x, y, rows, state = _members(model, tx, images, labels, k)
-    program = driver.chunk_program(model, tx, batch_size, p, vectorize, k)
+    program = step.chunk_program(model, tx, batch_size, p, vectorize, k)
     compiled = program.lower(state, x, y, rows, 0, steps).compile()
     holder = [state, 0]
 

@@ -354,3 +354,13 @@ def load_test(data_config) -> tuple[Split, str, str]:
         return read_csv(data_config.test_file), "csv", str(data_config.test_file)
     _, test, used, location = load_train_test(data_config)
     return test, used, location
+
+
+def load_cached(data_config, cache: dict | None = None) -> tuple[Split, Split, str, str]:
+    """`load_train_test`, once per distinct `config.data` in `cache` (a sweep's groups share)."""
+    if cache is None:
+        return load_train_test(data_config)
+    key = repr(sorted(data_config.items()))
+    if key not in cache:
+        cache[key] = load_train_test(data_config)
+    return cache[key]

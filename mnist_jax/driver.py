@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
-import threading
 import time
 from typing import Any
 
@@ -42,7 +41,8 @@ from mnist_jax import (
     optim,
     step as step_lib,
 )
-from mnist_jax.errors import UserError
+from mnist_jax.control import StopSignal, Timing, make_plan
+from mnist_jax.errors import Diverged, Interrupted, UserError
 from mnist_jax.rundir import RunDir
 from mnist_jax.sharding import EvalSplit, Placement
 
@@ -57,95 +57,6 @@ class Member:
     rundir: RunDir
     name: str = ""
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class Plan:
-    """When a run evaluates and checkpoints."""
-
-    num_steps: int
-    eval_steps: list[int]
-    checkpoint_steps: list[int]
-
-    def next_stop(self, step: int) -> int:
-        """The first evaluation or checkpoint step after `step`."""
-        return min(s for s in [*self.eval_steps, *self.checkpoint_steps] if s > step)
-
-
-def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
-    """Resolves num_steps (or num_epochs) and the evaluation/checkpoint schedule."""
-    num_steps = config_lib.num_train_steps(config, num_train)
-    if config.num_periods > num_steps:
-        raise UserError(
-            f"config.num_periods={config.num_periods} exceeds the {num_steps} training steps"
-        )
-    evals = [num_steps * (p + 1) // config.num_periods for p in range(config.num_periods)]
-    every = config.checkpoint_every_steps
-    ckpts = [*range(every, num_steps, every), num_steps] if every else list(evals)
-    return Plan(num_steps, evals, ckpts)
-
-
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag checked between jitted calls (main thread only)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(Exception):
-    """A SIGTERM/SIGINT, honoured after saving; the command line exits 128+signum."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-class Diverged(UserError):
-    """A single run's loss turned non-finite: it stops, the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass
-class Timing:
-    """Seconds spent in each phase of a command (`wall_s` from `t0`)."""
-
-    t0: float
-    startup_s: float = 0.0
-    data_s: float = 0.0
-    compile_s: float = 0.0
-    train_s: float = 0.0
-    eval_s: float = 0.0
-    plots_s: float = 0.0
-    wall_s: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in dataclasses.asdict(self).items() if k != "t0"}
-
-
-def load_data(configs: list[ml_collections.ConfigDict], cache: dict | None = None):
-    """(train_full, test, source, location) of each config's data, loaded once per distinct
-    `config.data` (and `cache`d across calls by a sweep)."""
-    cache = {} if cache is None else cache
-    out = []
-    for c in configs:
-        key = repr(config_lib.to_dict(c.data))
-        if key not in cache:
-            cache[key] = data_lib.load_train_test(c.data)
-        out.append(cache[key])
-    return out
 
 
 @dataclasses.dataclass
@@ -179,7 +90,7 @@ def run(
         m.rundir.check_writable()
     first = members[0].config
     t = time.time()
-    train_full, test, source, location = load_data([first], data_cache)[0]
+    train_full, test, source, location = data_lib.load_cached(first.data, data_cache)
     datasets = {}  # One train/validation split per seed, as a single run makes it.
     for m in members:
         if m.config.seed not in datasets:
@@ -326,7 +237,9 @@ class _Group:
 
     def compile(self, vectorize: str):
         tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
-        fn = chunk_program(self.model, tx, self.config.batch_size, self.p, vectorize, self.K)
+        fn = step_lib.chunk_program(
+            self.model, tx, self.config.batch_size, self.p, vectorize, self.K
+        )
         t = time.time()
         compiled = fn.lower(self.state, self.images, self.labels, self.rows, 0, 0).compile()
         self.timing.compile_s += time.time() - t
@@ -422,7 +335,7 @@ class _Group:
                 continue
             self.diverged[k] = bad
             m = self.members[k]
-            m.rundir.update_results({"diverged": diverged_record(bad)})
+            m.rundir.update_results({"diverged": metrics.diverged_record(bad)})
             if self.K > 1:
                 logging.warning("%sdiverged at step %d; the other members go on", _tag(m), bad)
 
@@ -465,7 +378,7 @@ class _Group:
         out = []
         for k, m in enumerate(self.members):
             if k in self.diverged:
-                out.append(Outcome(m, {"diverged": diverged_record(self.diverged[k])}))
+                out.append(Outcome(m, {"diverged": metrics.diverged_record(self.diverged[k])}))
                 continue
             state, ds = self.member_state(k), self.datasets[m.config.seed]
             eb = m.config.eval_batch_size
@@ -477,83 +390,12 @@ class _Group:
                 "test": self.eval_split(state.params, self.test),
             }
             self.timing.wall_s = time.time() - self.timing.t0
-            results = summarize(m.config, ds, self.plan, state, final, self.timing, self.steps)
+            results = metrics.summarize(
+                m.config, ds, self.plan, state, final, self.timing, self.steps
+            )
             results["sweep_group_size"] = self.K
             results["resumed_from_step"] = self.start or None
             m.rundir.write_json("results.json", results)
             self.writers[k].final(m.config, results)
             out.append(Outcome(m, results, state.params, ds, self.model))
         return out
-
-
-def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):
-    """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
-    `(states, stats)` with a leading member axis on states, rows and stats; states donated."""
-    chunk = functools.partial(step_lib.train_chunk, model=model, tx=tx, batch_size=batch_size,
-                              batch_sharding=placement.batch)  # fmt: skip
-    return jax.jit(member_axis(chunk, vectorize, members), donate_argnums=0)
-
-
-def member_axis(chunk, vectorize: str, num_members: int):
-    """`chunk(state, images, labels, rows, first, n)` over a leading member axis of `state`
-    and `rows`: `vmap` (members in parallel: the speed on accelerators) or `map` (one after
-    another inside the program). On CPU, XLA compiles a vmapped matmul of 4 or more members
-    with other roundings than a single run's, so `auto` maps there, keeping every member equal
-    to its single run to the bit; elsewhere it vmaps. One member is the plain chunk."""
-    if vectorize == "auto":
-        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
-    if vectorize not in ("vmap", "map"):
-        raise UserError(f"--vectorize={vectorize}: choose auto, vmap or map")
-    if num_members == 1:
-
-        def single(state, images, labels, rows, first, n):
-            one = jax.tree_util.tree_map(lambda x: x[0], state)
-            one, stats = chunk(one, images, labels, rows[0], first, n)
-            return jax.tree_util.tree_map(lambda x: x[None], (one, stats))
-
-        return single
-    if vectorize == "vmap":
-        return jax.vmap(chunk, in_axes=(0, None, None, 0, None, None))
-
-    def mapped(state, images, labels, rows, first, n):
-        return jax.lax.map(lambda sr: chunk(sr[0], images, labels, sr[1], first, n), (state, rows))
-
-    return mapped
-
-
-def diverged_record(step: int) -> dict[str, Any]:
-    """What results.json says of a run that stopped on a non-finite loss."""
-    return {"step": step, "message": f"non-finite loss at step {step}"}
-
-
-def summarize(config, dataset, plan, state, final, timing: Timing, steps: int) -> dict[str, Any]:
-    """The run summary written to results.json."""
-    from importlib.metadata import version
-
-    rate = steps * config.batch_size / timing.train_s if timing.train_s else None
-    return {
-        "final": {
-            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": m["size"]}
-            for name, m in final.items()
-            if m
-        },
-        "confusion_matrix": final["test"]["confusion_matrix"].tolist(),
-        "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
-        "data_source": dataset.source,
-        "data_location": dataset.location,
-        "data_sizes": {
-            "train": len(dataset.train),
-            "validation": len(dataset.validation),
-            "test": len(dataset.test),
-        },  # fmt: skip
-        "num_classes": int(final["test"]["confusion_matrix"].shape[0]),
-        "num_params": models.count_params(state.params),
-        "num_steps": plan.num_steps,
-        "timing": timing.as_dict(),
-        "wall_time_s": round(timing.wall_s, 3),
-        "compile_time_s": round(timing.compile_s, 3),
-        "train_examples_per_sec": round(rate) if rate else None,
-        "devices": [str(d) for d in jax.devices()],
-        "num_processes": jax.process_count(),
-        "versions": {p: version(p) for p in ("jax", "flax", "optax", "orbax-checkpoint")},
-    }

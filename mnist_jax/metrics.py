@@ -13,10 +13,12 @@ import sys
 import time
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from mnist_jax import config as config_lib
+from mnist_jax import config as config_lib, models
 from mnist_jax.rundir import METRICS as METRICS_FILE, RunDir, read_json, read_jsonl
 
 __all__ = ["METRICS_FILE", "MetricWriter", "read_json", "read_jsonl"]  # read_* live in rundir.
@@ -132,3 +134,41 @@ def _in_notebook() -> bool:
     except ImportError:
         return False
     return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def diverged_record(step: int) -> dict[str, Any]:
+    """What results.json says of a run that stopped on a non-finite loss."""
+    return {"step": step, "message": f"non-finite loss at step {step}"}
+
+
+def summarize(config, dataset, plan, state, final, timing: Any, steps: int) -> dict[str, Any]:
+    """The run summary written to results.json."""
+    from importlib.metadata import version
+
+    rate = steps * config.batch_size / timing.train_s if timing.train_s else None
+    return {
+        "final": {
+            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": m["size"]}
+            for name, m in final.items()
+            if m
+        },
+        "confusion_matrix": final["test"]["confusion_matrix"].tolist(),
+        "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
+        "data_source": dataset.source,
+        "data_location": dataset.location,
+        "data_sizes": {
+            "train": len(dataset.train),
+            "validation": len(dataset.validation),
+            "test": len(dataset.test),
+        },
+        "num_classes": int(final["test"]["confusion_matrix"].shape[0]),
+        "num_params": models.count_params(state.params),
+        "num_steps": plan.num_steps,
+        "timing": timing.as_dict(),
+        "wall_time_s": round(timing.wall_s, 3),
+        "compile_time_s": round(timing.compile_s, 3),
+        "train_examples_per_sec": round(rate) if rate else None,
+        "devices": [str(d) for d in jax.devices()],
+        "num_processes": jax.process_count(),
+        "versions": {p: version(p) for p in ("jax", "flax", "optax", "orbax-checkpoint")},
+    }

@@ -13,6 +13,7 @@ Nothing here touches the host, the disk or global state, so `jax.jit`, `lax.map`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ import optax
 from jax.sharding import Sharding
 
 from mnist_jax import data as data_lib, shuffle
+from mnist_jax.errors import UserError
+from mnist_jax.sharding import Placement
 
 # Independent PRNG streams, all derived from config.seed.
 INIT, DROPOUT, SHUFFLE, SPLIT = range(4)
@@ -169,3 +172,38 @@ def eval_sums(
 def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
     """Class probabilities (n, classes) of uint8 images (n, 784)."""
     return jax.nn.softmax(model.apply({"params": params}, scale_images(images)))
+
+
+def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):
+    """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
+    `(states, stats)` with a leading member axis on states, rows and stats; states donated."""
+    chunk = functools.partial(train_chunk, model=model, tx=tx, batch_size=batch_size,
+                              batch_sharding=placement.batch)  # fmt: skip
+    return jax.jit(member_axis(chunk, vectorize, members), donate_argnums=0)
+
+
+def member_axis(chunk, vectorize: str, num_members: int):
+    """`chunk(state, images, labels, rows, first, n)` over a leading member axis of `state`
+    and `rows`: `vmap` (members in parallel: the speed on accelerators) or `map` (one after
+    another inside the program). On CPU, XLA compiles a vmapped matmul of 4 or more members
+    with other roundings than a single run's, so `auto` maps there, keeping every member equal
+    to its single run to the bit; elsewhere it vmaps. One member is the plain chunk."""
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
+    if vectorize not in ("vmap", "map"):
+        raise UserError(f"--vectorize={vectorize}: choose auto, vmap or map")
+    if num_members == 1:
+
+        def single(state, images, labels, rows, first, n):
+            one = jax.tree_util.tree_map(lambda x: x[0], state)
+            one, stats = chunk(one, images, labels, rows[0], first, n)
+            return jax.tree_util.tree_map(lambda x: x[None], (one, stats))
+
+        return single
+    if vectorize == "vmap":
+        return jax.vmap(chunk, in_axes=(0, None, None, 0, None, None))
+
+    def mapped(state, images, labels, rows, first, n):
+        return jax.lax.map(lambda sr: chunk(sr[0], images, labels, sr[1], first, n), (state, rows))
+
+    return mapped

@@ -7,7 +7,7 @@ The members are the cartesian product of the --sweep values (or of the config's 
 tuple, as in configs/linear_sweep.py). Fields that leave every array shape alone (learning
 rate, clip norm, weight decay, seed) live in the train state: a group of members that differ
 only in them trains as one jitted program over a leading member axis (`vmap` on accelerators,
-`lax.map` on CPU, see `member_axis`), `--max_parallel` members at a time. Any other field
+`lax.map` on CPU, see `step.member_axis`), `--max_parallel` members at a time. Any other field
 (hidden units, batch size, num_steps, dropout rate, ...) starts a new group. Every member
 writes what a single run writes into <workdir>/<member>/ and equals that single run to the bit
 on CPU (tests/test_sweep.py). The sweep writes sweep.csv, sweep.json and sweep.png, sorted by

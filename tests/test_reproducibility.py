@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import driver, evaluate
+from mnist_jax import errors, evaluate
 from mnist_jax.errors import UserError
 
 from conftest import REPO, latest_checkpoint, main_args, metric_rows, small_config, train_results
@@ -106,7 +106,7 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
 def test_divergence_stops_with_the_step_and_writes_no_nan(tmp_path, idx_dir):
     c = small_config(idx_dir, "dnn", **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e4})
     c.optimizer.clip_norm = 0.0
-    with pytest.raises(driver.Diverged, match=r"non-finite loss at step \d+"):
+    with pytest.raises(errors.Diverged, match=r"non-finite loss at step \d+"):
         train_results(c, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["diverged"]["step"] >= 0

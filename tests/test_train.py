@@ -12,8 +12,8 @@ import pytest
 
 from mnist_jax import (
     config as config_lib,
+    control,
     data,
-    driver,
     models,
     optim,
     shuffle as shuffle_lib,
@@ -170,7 +170,7 @@ def test_evaluation_counts_every_example_once(sample):
 def test_plan_stops_at_every_eval_and_checkpoint():
     c = config_lib.get_config()
     c.num_steps, c.num_periods, c.checkpoint_every_steps = 100, 4, 30
-    plan = driver.make_plan(c, 1000)
+    plan = control.make_plan(c, 1000)
     assert plan.eval_steps == [25, 50, 75, 100]
     assert plan.checkpoint_steps == [30, 60, 90, 100]
     stops, s = [], 0
@@ -179,7 +179,7 @@ def test_plan_stops_at_every_eval_and_checkpoint():
         stops.append(s)
     assert stops == [25, 30, 50, 60, 75, 90, 100]
     c.num_steps, c.num_epochs, c.batch_size = 0, 2.5, 100
-    assert driver.make_plan(c, 1000).num_steps == 25
+    assert control.make_plan(c, 1000).num_steps == 25
 
 
 def test_bad_batch_sizes_are_clear_errors():
