@@ -60,7 +60,7 @@ class MLP(nn.Module):
 
 
 class SliceConv(nn.Module):
-    """`nn.Conv(features, (5, 5), padding="SAME")` as ONE matmul: the 25 shifted slices of the
+    """`nn.Conv(features, (5, 5), padding="SAME")` as ONE matmul: the 25 shifted windows of the
     zero-padded input, concatenated on the channel axis, times the kernel reshaped to (25*in, out).
 
     Same parameters as nn.Conv (`kernel` (5, 5, in, out), `bias` (out,), same initializers), so a
@@ -79,11 +79,12 @@ class SliceConv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,))
         p = k // 2
         xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        # Channel order (dy, dx, c) is the row-major order of kernel's first three axes.
-        patches = jnp.concatenate(
-            [xp[:, dy : dy + h, dx : dx + w, :] for dy in range(k) for dx in range(k)], axis=-1
-        )
-        return patches @ kernel.reshape(k * k * c, self.features) + bias
+        # The 25 windows as 5 row shifts, then 5 column shifts of those: the same patches as 25
+        # separate slices, in half the compile time. Channels end up ordered (dx, dy, c).
+        rows = jnp.concatenate([xp[:, dy : dy + h] for dy in range(k)], axis=-1)
+        patches = jnp.concatenate([rows[:, :, dx : dx + w] for dx in range(k)], axis=-1)
+        matrix = kernel.transpose(1, 0, 2, 3).reshape(k * k * c, self.features)
+        return patches @ matrix + bias
 
 
 class CNN(nn.Module):
