@@ -5,8 +5,9 @@
 
 Both forms train the same model (configs/cnn.py's layers and optimizer) on the same random
 data of MNIST's shape, on the current backend, with one jitted `lax.scan` over the steps.
-Every timing is the best of `--repeats` calls after a warm-up call that compiles; it waits for
-the device. Prints one JSON line per (form, mode) with examples/s and compile seconds.
+`forward` times the training form's forward pass alone (the model predicts with nn.Conv
+whatever `conv_impl` says). Every timing is the best of `--repeats` calls after a warm-up
+call that compiles; it waits for the device. Prints one JSON line per (form, mode) with examples/s and compile seconds.
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def train_rate(model, tx, xb, yb, repeats: int) -> tuple[float, float]:
 
 
 def forward_rate(model, xe, repeats: int) -> tuple[float, float]:
-    """(examples/s, compile s) of predicting every batch of `xe` (batches, batch, 784)."""
+    """(examples/s, compile s) of the training form's forward pass (train=True: the model's
+    inference always uses nn.Conv) over every batch of `xe` (batches, batch, 784)."""
     params = model.init(jax.random.PRNGKey(0), xe[0])["params"]
 
     def run(params):
         def body(total, x):
-            return total + jnp.sum(jnp.argmax(model.apply({"params": params}, x), -1)), None
+            rngs = {"dropout": jax.random.PRNGKey(2)}
+            logits = model.apply({"params": params}, x, train=True, rngs=rngs)
+            return total + jnp.sum(jnp.argmax(logits, -1)), None
 
         return jax.lax.scan(body, jnp.int32(0), xe)[0]
 

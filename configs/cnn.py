@@ -19,7 +19,7 @@ def get_config():
     c.num_steps = 0
     c.num_epochs = 6.0
     c.num_periods = 6
-    c.eval_batch_size = 1000  # The slices form holds 25x a conv's input per eval batch.
+    c.eval_batch_size = 1000  # Bounds conv activation memory per eval batch.
     c.eval_train_examples = 5000
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 0.01

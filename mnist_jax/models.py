@@ -89,8 +89,13 @@ class SliceConv(nn.Module):
 
 class CNN(nn.Module):
     """5x5 SAME conv -> ReLU -> 2x2 max-pool per `conv_features`, then ReLU dense layers (with
-    dropout) and the classifier. Takes flat (n, 784) float images; `conv_impl` is native (nn.Conv)
-    or slices (SliceConv): the same function and the same parameter tree."""
+    dropout) and the classifier. Takes flat (n, 784) float images.
+
+    `conv_impl` (native: nn.Conv, or slices: SliceConv; the same function of the same parameter
+    tree) picks the form for training, where the gradient is taken. Inference (train=False)
+    always uses nn.Conv: its forward is as fast or faster on every backend (4x on XLA:CPU,
+    benchmarks/conv_forms.py) and does not hold 25 copies of each conv's input.
+    """
 
     conv_features: Sequence[int] = (32, 64)
     hidden_units: Sequence[int] = (512,)
@@ -105,7 +110,7 @@ class CNN(nn.Module):
         side = math.isqrt(x.shape[-1])
         x = x.reshape(x.shape[0], side, side, 1)
         for i, features in enumerate(self.conv_features):
-            if self.conv_impl == "native":
+            if self.conv_impl == "native" or not train:
                 conv = nn.Conv(
                     features, (KERNEL_SIZE,) * 2, padding="SAME", kernel_init=init, name=f"Conv_{i}"
                 )

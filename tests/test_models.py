@@ -108,7 +108,7 @@ def test_native_and_slices_give_the_same_logits_and_gradients(batch, conv_featur
 
     def logits_and_grads(model):
         def scalar(p, x):
-            logits = model.apply({"params": p}, x)
+            logits = model.apply({"params": p}, x, train=True)  # No dropout: deterministic.
             return jnp.sum(logits * cotangent), logits
 
         # One compiled program per form: op-by-op dispatch of 25 slices is slow to test.
@@ -122,6 +122,16 @@ def test_native_and_slices_give_the_same_logits_and_gradients(batch, conv_featur
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL), g_native, g_slices
     )
+
+
+def test_inference_uses_native_convs_whatever_the_training_form():
+    native, slices = _cnn_pair((4,))
+    x = jnp.ones((2, 784))
+    params = native.init(jax.random.PRNGKey(0), x)["params"]
+    jaxpr = str(jax.make_jaxpr(lambda p: slices.apply({"params": p}, x))(params))
+    assert "conv_general_dilated" in jaxpr
+    jaxpr = str(jax.make_jaxpr(lambda p: slices.apply({"params": p}, x, train=True))(params))
+    assert "conv_general_dilated" not in jaxpr
 
 
 def test_auto_picks_slices_on_cpu_and_native_elsewhere():
