@@ -7,7 +7,8 @@ Both forms train the same model (configs/cnn.py's layers and optimizer) on the s
 data of MNIST's shape, on the current backend, with one jitted `lax.scan` over the steps.
 `forward` times the training form's forward pass alone (the model predicts with nn.Conv
 whatever `conv_impl` says). Every timing is the best of `--repeats` calls after a warm-up
-call that compiles; it waits for the device. Prints one JSON line per (form, mode) with examples/s and compile seconds.
+call that compiles; it waits for the device. Prints one JSON line per (form, mode) with
+examples/s and compile seconds.
 """
 
 from __future__ import annotations
