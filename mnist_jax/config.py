@@ -96,8 +96,7 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
         raise UserError("config.model.hidden_units=(): the mlp needs a hidden layer, e.g. '(128,)'")
     from mnist_jax import models
 
-    if hasattr(models, "validate_model_config"):  # The cnn's own rules live with the model.
-        models.validate_model_config(m)
+    models.validate_model_config(m)  # The cnn's own rules live with the model.
     if o.name == "adagrad" and o.initial_accumulator_value == 0 and o.eps == 0:
         raise UserError(
             "config.optimizer.initial_accumulator_value=0.0: adagrad divides by zero unless "

@@ -99,7 +99,7 @@ def test_bad_config_files(tmp_path, config_file, message):
         ("model.hidden_units", (64, -1), "integers from 1 to"),
         ("model.dropout_rate", 1.0, "must be in [0, 1)"),
         ("model.dropout_rate", -0.1, "must be in [0, 1)"),
-        ("model.name", "cnn", "choose one of linear, mlp"),
+        ("model.name", "rnn", "choose one of linear, mlp, cnn"),
         ("optimizer.name", "rmsprop", "choose one of adagrad, sgd, adam"),
         ("optimizer.learning_rate", -0.1, "must be positive"),
         ("optimizer.clip_norm", -1.0, "must be >= 0"),
