@@ -69,7 +69,8 @@ def confusion_figure(counts: np.ndarray, title: str = "") -> Figure:
 
 def first_layer_kernel(params: Any) -> np.ndarray:
     """The first layer's kernel: (784, units) for Dense, (h, w, channels, filters) for Conv."""
-    return np.asarray(params[sorted(params)[0]]["kernel"])
+    first = next((n for n in ("Conv_0", "Dense_0", "Classifier") if n in params), None)
+    return np.asarray(params[first or sorted(params)[0]]["kernel"])
 
 
 def _unit_images(kernel: np.ndarray, max_units: int) -> np.ndarray:
