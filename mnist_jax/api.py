@@ -133,6 +133,11 @@ class Run:
             f"wall time {timing.get('wall_s', r.get('wall_time_s', 0)):.1f}s: {split}",
             f"results {self.workdir / 'results.json'}; checkpoints {self.workdir / 'checkpoints'}",
         ]
+        if r["data_source"] == "sample":
+            lines.append(
+                "this ran on the bundled 5,000-digit sample; for full MNIST put its four IDX "
+                "files in a directory and pass --config.data.dir=DIR (or set MNIST_JAX_DATA_DIR)"
+            )
         if (self.workdir / "report.md").exists():
             lines.append(f"plots {self.workdir / 'plots'}; report {self.workdir / 'report.md'}")
         return "\n".join(lines)

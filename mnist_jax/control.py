@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
@@ -27,9 +28,20 @@ class Plan:
         return min(s for s in [*self.eval_steps, *self.checkpoint_steps] if s > step)
 
 
-def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
-    """Resolves num_steps (or num_epochs) and the evaluation/checkpoint schedule."""
+def make_plan(config: ml_collections.ConfigDict, num_train: int, max_epochs: float = 0) -> Plan:
+    """Resolves num_steps (or num_epochs) and the evaluation/checkpoint schedule; `max_epochs`
+    (the sample fallback's cap) shortens a longer run, and says so."""
     num_steps = config_lib.num_train_steps(config, num_train)
+    capped = max(1, round(max_epochs * (num_train // config.batch_size)))
+    if max_epochs and num_steps > capped:
+        logging.warning(
+            "training %d steps (%g epochs of the sample) instead of %d: data.sample_max_epochs "
+            "caps a run that fell back to the sample; full MNIST trains the config as written",
+            capped, max_epochs, num_steps,
+        )  # fmt: skip
+        num_steps = capped
+        config = config.copy_and_resolve_references()
+        config.num_periods = min(config.num_periods, num_steps)
     if config.num_periods > num_steps:
         raise UserError(
             f"config.num_periods={config.num_periods} exceeds the {num_steps} training steps"

@@ -101,7 +101,8 @@ def run(
             )  # fmt: skip
     timing.data_s = time.time() - t
     num_train = len(datasets[first.seed].train)
-    plan = make_plan(first, num_train)
+    cap = first.data.sample_max_epochs if (first.data.source, source) == ("auto", "sample") else 0
+    plan = make_plan(first, num_train, max_epochs=cap)
     model = models.create_model(first.model, datasets[first.seed].num_classes)
     txs = [optim.make_optimizer(m.config.optimizer, plan.num_steps) for m in members]
     placement = placement or Placement()

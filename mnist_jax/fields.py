@@ -296,6 +296,12 @@ FIELDS: tuple[FieldSpec, ...] = (
         Choice(lambda: VALIDATION_SPLITS),
         "random: a random hold-out | last: the last rows of the training file.",
     ),
+    F(
+        "data.sample_max_epochs",
+        20.0,
+        Float(0),
+        "auto falling back to the sample: train at most this many epochs (0: no cap).",
+    ),
 )
 CONV_IMPLS = ("native", "slices", "auto")
 VALIDATION_SPLITS = ("random", "last")
