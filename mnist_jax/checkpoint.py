@@ -204,14 +204,17 @@ def _check_shapes(metadata: Any, target: Any, where: Path) -> None:
 
 def restore_latest(
     ckpt: Checkpointer, abstract_state: Any | None, fallback: bool = False
-) -> tuple[dict[str, Any] | None, int | None]:
+) -> tuple[dict[str, Any] | None, int | None, list[int]]:
     """The newest checkpoint that restores; with `fallback`, a bad one is skipped (and said),
-    else its error stands. Returns (saved dict, step) or (None, None)."""
+    else its error stands. Returns (saved dict, step, skipped steps); (None, None, ...) when
+    there is none."""
+    skipped = []
     for step in reversed(ckpt.all_steps()):
         try:
-            return ckpt.restore(abstract_state, step), step
+            return ckpt.restore(abstract_state, step), step, skipped
         except UserError as e:
             if not fallback:
                 raise
             logging.warning("skipping checkpoint %d: %s", step, e)
-    return None, None
+            skipped.append(step)
+    return None, None, skipped

@@ -108,22 +108,23 @@ def run(
     placement = placement or Placement()
     placement.check_batch(first.batch_size, num_train)
 
-    # Read-only checks and restores, for every member, before anything is written.
     try:
-        states, done, todo = _check_and_restore(members, txs, model, plan, allow_config_change,
-                                                fallback_checkpoint)  # fmt: skip
+        # Read-only checks and restores, for every member, before anything is written.
+        states, done, todo, skipped = _check_and_restore(
+            members, txs, model, plan, allow_config_change, fallback_checkpoint
+        )
+        # From here on the command goes on: write.
+        for m, state in zip(todo, states, strict=True):
+            m.rundir.claim()
+            m.rundir.set_aside_checkpoints(skipped[m.rundir.path])
+            m.rundir.write_config(m.config)
+            m.rundir.trim_metrics(int(state.step))
     except BaseException:
         for m in members:
             m.rundir.unlock()
         raise
     if not todo:
         return done
-
-    # From here on the command goes on: write.
-    for m, state in zip(todo, states, strict=True):
-        m.rundir.claim()
-        m.rundir.write_config(m.config)
-        m.rundir.trim_metrics(int(state.step))
     starts = {int(s.step) for s in states}
     if len(starts) > 1:  # Members stopped at different steps: run them one after another.
         for m in todo:
@@ -141,15 +142,18 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
     """Per member: lock, compare with config.json, restore the latest checkpoint; writes
     nothing. Returns (states, finished outcomes, members to train)."""
     abstract = jax.eval_shape(lambda: step_lib.init_state(model, txs[0], 0))
-    states, done, todo = [], [], []
+    states, done, todo, skipped = [], [], [], {}
     for m, tx in zip(members, txs, strict=True):
         m.rundir.lock()
         changed = m.rundir.check_config(m.config, allow_config_change)
         finished = m.rundir.finished()
-        saved, at = None, None
+        m.rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
+        saved, at, skipped[m.rundir.path] = None, None, []
         if m.rundir.checkpoints.is_dir():
             with ckpt_lib.Checkpointer(m.rundir.checkpoints, create=False) as c:
-                saved, at = ckpt_lib.restore_latest(c, abstract, fallback_checkpoint)
+                saved, at, skipped[m.rundir.path] = ckpt_lib.restore_latest(
+                    c, abstract, fallback_checkpoint
+                )
         at = at or 0
         if finished and at == plan.num_steps and not changed:
             logging.info("%s already finished %d steps; nothing to do", m.rundir.path, at)
@@ -162,6 +166,10 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
                 f"{plan.num_steps}; raise num_steps or use a new --workdir"
             )
         if (m.rundir.results() or {}).get("diverged") and not changed:
+            if len(members) > 1:  # A sweep's diverged member stays as it was recorded.
+                done.append(Outcome(m, m.rundir.results()))
+                m.rundir.unlock()
+                continue
             raise UserError(
                 f"{m.rundir.path} diverged earlier (see its results.json); lower the learning "
                 "rate with --allow_config_change, or use a new --workdir"
@@ -180,7 +188,7 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
             logging.info("%sresumed from %s at step %d", _tag(m), m.rundir.checkpoints, at)
         states.append(state)
         todo.append(m)
-    return states, done, todo
+    return states, done, todo, skipped
 
 
 def _tag(m: Member) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
@@ -240,6 +241,18 @@ class RunDir:
         """Writes JSON atomically; NaN and inf are refused, never written."""
         text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False)
         self.write_text(name, text + "\n")
+
+    def set_aside_checkpoints(self, steps: list[int]) -> None:
+        """Moves checkpoints that failed to restore to corrupt_checkpoints/ (kept for a look,
+        out of the way of the steps that will be saved again)."""
+        if not self.active or not steps:
+            return
+        aside = self.file("corrupt_checkpoints")
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(self.checkpoints / str(step), target)
+            logging.warning("moved the corrupt checkpoint %d to %s", step, target)
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         self.write_json(CONFIG, config_lib.to_dict(config))

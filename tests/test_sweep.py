@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 from mnist_jax import evaluate, metrics, sweep
 from mnist_jax.errors import UserError
 
-from conftest import metric_rows, small_config, train_results
+from conftest import REPO, metric_rows, small_config, train_results
 
 
 def _params(workdir):
@@ -87,3 +91,70 @@ def test_max_parallel_chunks_give_the_same_members(tmp_path, idx_dir):
 def test_bad_sweep_specs(idx_dir, spec, message):
     with pytest.raises(UserError, match=message):
         sweep.members(small_config(idx_dir, "linear"), [spec])
+
+
+def test_vmap_members_match_single_runs_within_tolerance(tmp_path, idx_dir):
+    """vmap (the accelerator default) runs members in parallel: other roundings, same maths."""
+    c = small_config(idx_dir, "dnn", **{"model.hidden_units": (32,), "optimizer.clip_norm": 1.0})
+    specs = ["optimizer.learning_rate=0.05,0.2", "seed=0,1"]
+    sweep.run_sweep(c, tmp_path / "vmap", specs, vectorize="vmap", progress=False)
+    sweep.run_sweep(c, tmp_path / "map", specs, vectorize="map", progress=False)
+    for m in sweep.members(c, specs):
+        pairs = zip(
+            jax.tree_util.tree_leaves(_params(tmp_path / "vmap" / m.name)),
+            jax.tree_util.tree_leaves(_params(tmp_path / "map" / m.name)),
+            strict=True,
+        )
+        for a, b in pairs:
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=m.name)
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_members(tmp_path, idx_dir):
+    args = [
+        sys.executable, "-m", "mnist_jax.sweep", "--config=configs/linear.py",
+        "--config.data.source=idx", f"--config.data.dir={idx_dir}",
+        "--config.data.validation_size=200", "--config.batch_size=20",
+        "--config.num_steps=3000", "--config.num_periods=30", "--config.steps_per_call=20",
+        "--config.tensorboard=False", "--config.plots=False",
+        "--sweep=optimizer.learning_rate=0.05,0.2",
+    ]  # fmt: skip
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([*args, f"--workdir={stopped}"], cwd=REPO, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    dump = stopped / "learning_rate=0.05" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not dump.exists() or dump.read_text().count("\n") < 6):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM at step" in err
+    resumed = subprocess.run([*args, f"--workdir={stopped}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    for name in ("learning_rate=0.05", "learning_rate=0.2"):
+        a, b = _params(stopped / name), _params(tmp_path / "straight" / name)
+        leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+        assert all(np.array_equal(x, y) for x, y in leaves), name
+        assert metric_rows(stopped / name) == metric_rows(tmp_path / "straight" / name)
+
+
+def test_a_diverged_member_is_dropped_and_the_others_go_on(tmp_path, idx_dir):
+    c = small_config(idx_dir, "dnn", **{"optimizer.name": "sgd", "optimizer.clip_norm": 0.0})
+    rows = sweep.run_sweep(c, tmp_path, ["optimizer.learning_rate=0.1,1e4"], progress=False)
+    by_name = {r["member"]: r for r in rows}
+    assert by_name["learning_rate=10000.0"]["diverged_at_step"] is not None
+    assert by_name["learning_rate=0.1"]["test_accuracy"] > 0.5
+    results = metrics.read_json(tmp_path / "learning_rate=10000.0" / "results.json")
+    assert "diverged" in results and "final" not in results
+    # A rerun keeps both as they were.
+    again = sweep.run_sweep(c, tmp_path, ["optimizer.learning_rate=0.1,1e4"], progress=False)
+    assert again == rows
+
+
+def test_a_repeated_sweep_field_is_an_error(idx_dir):
+    with pytest.raises(UserError, match="given twice"):
+        sweep.members(small_config(idx_dir, "linear"), ["seed=0", "seed=1"])
