@@ -59,7 +59,7 @@ def digest(tree: Any) -> str:
 def as_dict(state: Any) -> dict[str, Any]:
     """A TrainState as the dict that is saved (so that plain orbax restores it as a dict)."""
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": state.rng}  # fmt: skip
+            "rng": state.rng, "loss_sum": state.loss_sum}  # fmt: skip
 
 
 class Checkpointer:

@@ -269,7 +269,7 @@ class _Group:
         ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
                  for m in self.members]  # fmt: skip
         step, chunk_len = start, c.steps_per_call or min(100, plan.num_steps)
-        period_loss, period_steps, period_time = 0.0, 0, 0.0
+        period_steps, period_time = 0, 0.0
         try:
             with StopSignal() as stop:
                 while step < plan.num_steps and len(self.diverged) < self.K:
@@ -283,20 +283,21 @@ class _Group:
                     self.timing.train_s += elapsed
                     step += n
                     self.steps += n
-                    period_loss, period_steps = period_loss + stats["loss_sum"], period_steps + n
+                    period_steps += n
                     period_time += elapsed
                     if not c.steps_per_call:
                         chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
                         chunk_len = distributed.min_over_processes(chunk_len)
                     self._check_divergence(stats, ckpts)
+                    if step in plan.eval_steps:  # Before the save: it resets state.loss_sum.
+                        ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
+                        self._log_period(step, ex_s, bar)
+                        period_steps, period_time = 0, 0.0
                     if step in plan.checkpoint_steps:
                         self._save(ckpts, step)
-                    if step in plan.eval_steps:
-                        ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
-                        self._log_period(step, period_loss / period_steps, ex_s, bar)
-                        period_loss, period_steps, period_time = 0.0, 0, 0.0
                     bar.update(n)
-                    if distributed.any_process(stop.signum is not None):
+                    last = step == plan.num_steps  # A signal now lets the results be written.
+                    if not last and distributed.any_process(stop.signum is not None):
                         self._save(ckpts, step)
                         for ck in ckpts:
                             ck.wait()
@@ -357,7 +358,7 @@ class _Group:
             f"{kept}"
         )
 
-    def _log_period(self, step: int, batch_loss: float, ex_s: float, bar) -> None:
+    def _log_period(self, step: int, ex_s: float, bar) -> None:
         """After a period: scores the train subset and validation of every live member."""
         for k in self._live():
             m, state = self.members[k], self.member_state(k)
@@ -373,7 +374,8 @@ class _Group:
                     continue
                 extra = {}
                 if name == "train":
-                    extra = {"batch_loss": float(np.asarray(batch_loss).reshape(-1)[k]),
+                    steps = step - max([e for e in self.plan.eval_steps if e < step], default=0)
+                    extra = {"batch_loss": float(state.loss_sum) / steps,
                              "learning_rate": lr, "examples_per_sec": ex_s}  # fmt: skip
                 self.writers[k].write(step, name, log_loss=s["log_loss"], accuracy=s["accuracy"],
                                       size=s["size"], **extra)  # fmt: skip
@@ -381,6 +383,7 @@ class _Group:
             line.append(f"{ex_s:,.0f} ex/s")
             bar.set_postfix_str(" | ".join(line[1:-1]))
             bar.log(" | ".join(line))
+        self.state = self.state.replace(loss_sum=jnp.zeros_like(self.state.loss_sum))
 
     def _finish(self) -> list[Outcome]:
         """Final evaluation of every member on its full splits; results.json."""

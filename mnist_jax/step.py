@@ -44,6 +44,9 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     rng: jax.Array  # The run's root key (uint32[2]); never advanced, only folded.
+    # Batch losses summed since the last evaluation, step after step in one order: the logged
+    # mean batch loss is then the same bits however the steps were chunked or resumed.
+    loss_sum: jax.Array
 
 
 def init_params(model: nn.Module, seed: int | jax.Array) -> Any:
@@ -57,7 +60,9 @@ def init_state(
 ) -> TrainState:
     """Fresh parameters and optimizer state from `seed` (jit/eval_shape friendly)."""
     params = init_params(model, seed)
-    return TrainState(jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(seed))
+    return TrainState(
+        jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(seed), jnp.float32(0)
+    )
 
 
 def scale_images(images: jax.Array) -> jax.Array:
@@ -110,7 +115,8 @@ def train_chunk(
     `shuffle.epoch_permutation`, 18x cheaper than `jax.random.permutation`); the inner loop
     takes consecutive batches of it. `first_step` is passed apart from `state.step` so that
     the loop bounds stay unbatched when a sweep vmaps the state. Returns the state and the
-    chunk's statistics: the summed batch losses and the first non-finite loss's step (-1: none).
+    chunk's statistics: the first non-finite loss's step (-1: none); `state.loss_sum` adds up
+    the batch losses.
     """
     num_train = rows.shape[0]
     spe, bs = num_train // batch_size, batch_size
@@ -135,9 +141,9 @@ def train_chunk(
 
     first_epoch = first_step // spe
     last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
-    init = (state, jnp.float32(0), jnp.int32(-1))
+    init = (state, state.loss_sum, jnp.int32(-1))
     state, loss_sum, bad_step = jax.lax.fori_loop(first_epoch, last_epoch, epoch_body, init)
-    return state, {"loss_sum": loss_sum, "nonfinite_step": bad_step}
+    return state.replace(loss_sum=loss_sum), {"nonfinite_step": bad_step}
 
 
 def eval_sums(
