@@ -119,6 +119,9 @@ def one_line(message: object) -> str:
 
 def _one_line_unraisable(unraisable) -> None:
     exc = unraisable.exc_value
+    if isinstance(exc, (Stopped, KeyboardInterrupt)):  # A signal that landed in a finaliser:
+        os.kill(os.getpid(), getattr(exc, "signum", signal.SIGINT))  # deliver it again.
+        return
     logging.warning("ignored in a library callback: %s: %s", type(exc).__name__, exc)
 
 

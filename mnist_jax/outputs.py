@@ -100,9 +100,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)  # Replaces a symlink at `path` itself, never its target.
-    except Exception as e:  # OSError, or a matplotlib writer's ValueError/RuntimeError.
+    except BaseException as e:  # OSError, a writer's ValueError, or a signal: no temp left.
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
         raise UserError(f"cannot write {path}: {why}"[:300]) from None
     return path

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_jax import outputs
+from mnist_jax import figures, outputs
 from mnist_jax.errors import UserError
 from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
     FIGURES,
@@ -136,8 +136,14 @@ def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple
     test, source, location = data_lib.load_test(used)
     scored = f"{len(test):,} test digits of {source} ({location})"
     probs = evaluate.predict_probs(model, params, test.images)
+    target = workdir
+    if data_overrides:  # Other data: its own folder and scores, never the run's own plots.
+        target = workdir / f"scored_on_{source}"
+        outputs.check_target(target / report.REPORT_FILE, workdir, text=True)
+        target.mkdir(exist_ok=True)
+        results = _rescored(results, test.labels, probs, source, location)
     written = write_run_outputs(
-        workdir,
+        target,
         config,
         history,
         results,
@@ -150,7 +156,14 @@ def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple
     return written, scored
 
 
-# ----------------------------------------------------------------------------- compare, sweep
+def _rescored(results, labels, probs, source: str, location: str) -> dict[str, Any]:
+    """`results` with the test scores, confusion matrix and data of another test set."""
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-30, 1)
+    test = {"accuracy": float(np.mean(probs.argmax(1) == labels)),
+            "log_loss": float(-np.mean(np.log(p))), "size": len(labels)}  # fmt: skip
+    return {**results, "final": {"test": test}, "data_source": source,
+            "data_location": location,
+            "confusion_matrix": figures.confusion(labels, probs.argmax(1)).tolist()}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- compare, sweep

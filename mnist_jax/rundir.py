@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import config as config_lib
+from mnist_jax import config as config_lib, outputs
 from mnist_jax.errors import UserError
 
 CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
@@ -180,7 +179,8 @@ class RunDir:
     def finished(self) -> dict[str, Any] | None:
         """results.json of a run that finished (has final metrics), else None."""
         results = self.results()
-        return results if results and "final" in results else None
+        final = (results or {}).get("final")
+        return results if isinstance(final, dict) and isinstance(final.get("test"), dict) else None
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.file(METRICS))
@@ -284,16 +284,5 @@ class RunDir:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replaces a file's text atomically; a failure is a UserError naming the file."""
-    path = Path(path)
-    f = None
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(f.name, path)
-    except OSError as e:
-        if f is not None:
-            Path(f.name).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    """Replaces a file's text atomically, with the umask's mode; a failure is a UserError."""
+    outputs.write_atomic(path, lambda f: f.write(text.encode()))

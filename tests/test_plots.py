@@ -153,7 +153,12 @@ def test_plot_cli_data_flags_override_the_saved_data(tmp_path, trained):
     proc = _cli("mnist_jax.plot", f"--workdir={run}", "--config.data.source=sample")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "scored 1,000 test digits of sample" in proc.stdout
-    assert "Pictures made on 1,000 test digits of sample" in (run / "report.md").read_text()
+    own = run / "report.md"
+    before = own.read_bytes() if own.exists() else None
+    other = run / "scored_on_sample"
+    assert "Pictures made on 1,000 test digits of sample" in (other / "report.md").read_text()
+    assert (other / "plots" / "confusion_matrix.png").is_file()
+    assert (own.read_bytes() if own.exists() else None) == before  # The run's own stay.
     _one_error(
         _cli("mnist_jax.plot", f"--workdir={run}", "--config.model.name=linear"),
         "only --config.data.* fields",
