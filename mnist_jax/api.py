@@ -51,6 +51,27 @@ def load_config(name_or_path: str, **overrides: Any) -> ml_collections.ConfigDic
     return config_lib.load(name_or_path, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
+def as_pixels(images: Any) -> np.ndarray:
+    """uint8 (n, 784) from what `Run.predict` takes; anything else is a UserError."""
+    try:
+        x = np.asarray(images)
+    except Exception as e:
+        raise UserError(f"images: not an array ({type(e).__name__})") from None
+    if x.dtype.kind not in "uif":
+        raise UserError(f"images: expected numbers 0-255, got dtype {x.dtype}")
+    if x.shape in ((28, 28), (data_lib.NUM_PIXELS,)):
+        x = x[None]
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != data_lib.NUM_PIXELS:
+        raise UserError(f"images: expected (n, 784) or (n, 28, 28), got shape {x.shape}")
+    x = x.reshape(len(x), data_lib.NUM_PIXELS)
+    if x.dtype != np.uint8 and x.size:
+        if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
+            raise UserError("images: pixels must be finite values 0-255")
+        if x.dtype.kind == "f" and x.max() <= 1:
+            raise UserError("images: floats in [0, 1]; pass pixels 0-255 (multiply by 255)")
+    return np.rint(x).astype(np.uint8)
+
+
 @dataclasses.dataclass
 class Run:
     """A trained run: its config, final parameters, metric history and results."""
@@ -68,18 +89,10 @@ class Run:
         return self.results["final"]["test"]["accuracy"]
 
     def predict(self, images: Any) -> np.ndarray:
-        """Class probabilities of uint8 images shaped (n, 784), (n, 28, 28) or (28, 28)."""
-        x = np.asarray(images)
-        if x.ndim == 2 and x.shape == (28, 28):
-            x = x[None]
-        x = x.reshape(len(x), -1)
-        if x.shape[1] != data_lib.NUM_PIXELS:
-            raise UserError(f"images must have 784 pixels each, got shape {np.shape(images)}")
-        if x.dtype != np.uint8:
-            if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 255):
-                raise UserError("images must be uint8 pixels 0-255 (scale floats by 255)")
-            x = np.rint(x).astype(np.uint8)
-        return evaluate.predict_probs(self.model, self.params, x)
+        """Class probabilities (n, classes) of MNIST-style images: white digit on black,
+        pixels 0-255 (uint8, or whole-valued ints/floats), shaped (n, 784), (n, 28, 28),
+        (784,) or (28, 28)."""
+        return evaluate.predict_probs(self.model, self.params, as_pixels(images))
 
     def test_split(self) -> data_lib.Split:
         if self.test is None:
@@ -175,7 +188,12 @@ def finish(outcome: driver.Outcome, t0: float) -> Run:
     """The Run of a member the driver trained: figures from memory, timing completed."""
     m = outcome.member
     if outcome.params is None:  # Finished earlier, or diverged: read it back.
-        return load_run(m.rundir.path) if "final" in outcome.results else _diverged(outcome)
+        if "final" not in outcome.results:
+            return _diverged(outcome)
+        run = load_run(m.rundir.path)
+        if m.config.plots and not (run.workdir / "report.md").exists():
+            run.save_outputs()  # Interrupted while plotting: make them now.
+        return run
     ds = outcome.dataset
     run = Run(m.rundir.path, m.config, outcome.model, outcome.params, outcome.results,
               m.rundir.metrics(), ds.test if ds else None)  # fmt: skip

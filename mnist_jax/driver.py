@@ -88,6 +88,7 @@ def run(
     for m in members:
         config_lib.validate(m.config)
         m.rundir.check_writable()
+        m.rundir.check_kind("run")
     first = members[0].config
     t = time.time()
     train_full, test, source, location = data_lib.load_cached(first.data, data_cache)
@@ -146,6 +147,20 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
     for m, tx in zip(members, txs, strict=True):
         m.rundir.lock()
         changed = m.rundir.check_config(m.config, allow_config_change)
+        if changed:
+            old = optim.structure(m.rundir.saved_config().optimizer)
+            new = optim.structure(m.config.optimizer)
+            fixed = [k for k in old if old[k] != new[k]]
+            if fixed:
+                raise UserError(
+                    f"{fixed[0]} changed: the optimizer state of {m.rundir.path} has another "
+                    "structure, so it cannot resume even with --allow_config_change; use a new "
+                    "--workdir"
+                )
+        if m.config.plots:
+            from mnist_jax import plot
+
+            plot.check_run_outputs(m.rundir.path)  # Before training, not after.
         finished = m.rundir.finished()
         m.rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
         saved, at, skipped[m.rundir.path] = None, None, []
@@ -225,7 +240,10 @@ class _Group:
         self.lr = [optim.current_learning_rate(m.config.optimizer, plan.num_steps) for m in members]
         self.diverged: dict[int, int] = {}
         self.steps = 0  # Steps trained by this command (each member).
-        self.writers = [metrics.MetricWriter(m.rundir, m.config.tensorboard) for m in members]
+        start = int(np.asarray(self.state.step).reshape(-1)[0])
+        self.writers = [
+            metrics.MetricWriter(m.rundir, m.config.tensorboard, start) for m in members
+        ]
 
     def member_state(self, k: int) -> step_lib.TrainState:
         return jax.tree_util.tree_map(lambda x: x[k], self.state)

@@ -95,7 +95,12 @@ def evaluate_workdir(
     rundir = RunDir(workdir)
     data_config = run_data_config(rundir, data_overrides)
     rundir.check_writable()
-    model, params, config = restore_model(workdir)
+    with rundir:  # Not while a run trains here: its checkpoint could change under us.
+        return _evaluate(rundir, data_config)
+
+
+def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
+    model, params, config = restore_model(rundir.path)
     test, source, location = data_lib.load_test(data_config)
     placement = Placement()
     split = placement.put_eval(test, config.eval_batch_size)

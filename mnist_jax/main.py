@@ -70,6 +70,22 @@ def run(argv: list[str]) -> int:
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
     )
     if _MODE.value == "eval":
+        other = [k for k in cli.OVERRIDES if not k.startswith("data.")]
+        if flags.FLAGS["config"].present:  # Allowed when it describes the run's own model.
+            from mnist_jax.rundir import RunDir
+
+            saved = RunDir(_WORKDIR.value).saved_config()
+            if saved is not None:
+                fields = config_lib.differing_fields(
+                    config_lib.to_dict(saved), config_lib.to_dict(config)
+                )
+                other += [f for f in fields if not f.startswith("data.")
+                          and f not in config_lib.RESUMABLE_FIELDS]  # fmt: skip
+        if other:
+            raise UserError(
+                f"config.{other[0]} differs from the run's: eval scores the run's own model; "
+                "give only --config.data.FIELD=VALUE flags (or no --config)"
+            )
         data = {
             k.removeprefix("data."): v for k, v in cli.OVERRIDES.items() if k.startswith("data.")
         }

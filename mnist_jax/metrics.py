@@ -37,13 +37,15 @@ class MetricWriter:
     TensorBoard (tensorboardX: no TensorFlow needed); at the end, the test metrics and the
     config as hyperparameters (TensorBoard's HParams view)."""
 
-    def __init__(self, rundir: RunDir, tensorboard: bool = True):
+    def __init__(self, rundir: RunDir, tensorboard: bool = True, start_step: int = 0):
         self.rundir = rundir
         self._tb = None
         if rundir.active and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(rundir.file("tensorboard")))
+            # On resume, TensorBoard drops the events logged after the restored step.
+            purge = start_step or None
+            self._tb = SummaryWriter(str(rundir.file("tensorboard")), purge_step=purge)
 
     def write(self, step: int, split: str, **values: float) -> None:
         """Logs one evaluation of `split` at `step`."""

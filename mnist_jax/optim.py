@@ -101,6 +101,16 @@ def make_optimizer(
     )
 
 
+def structure(opt: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What fixes the optimizer state's structure: a resumed run cannot change these."""
+    return {
+        "optimizer.name": opt.name,
+        "optimizer.schedule (constant or not)": opt.schedule == "constant",
+        "optimizer.clip_norm (0 or not)": opt.clip_norm > 0,
+        "optimizer.weight_decay (0 or not)": opt.weight_decay > 0,
+    }
+
+
 def current_learning_rate(
     opt: ml_collections.ConfigDict, num_steps: int
 ) -> Callable[[Any, int], float]:

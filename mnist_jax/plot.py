@@ -51,6 +51,18 @@ def save_figures(
     return [outputs.save_figure(figs[name], path) for name, path in targets.items()]
 
 
+def check_run_outputs(workdir: str | Path) -> None:
+    """Refuses (one line) plots/ or report.md targets that cannot be written, before a run."""
+    from mnist_jax import report
+
+    workdir = Path(workdir)
+    if not workdir.exists():
+        return
+    for name in FIGURES:
+        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
+    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
+
+
 def write_run_outputs(
     workdir: str | Path,
     config: Any,

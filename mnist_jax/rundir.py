@@ -150,6 +150,13 @@ class RunDir:
             if (p / name).exists() or (p / name).is_symlink():
                 self.file(name)
 
+    def check_kind(self, kind: str) -> None:
+        """A single run's directory is not a sweep's, nor the reverse (their files would mix)."""
+        if kind == "run" and (self.path / "sweep.json").exists():
+            raise UserError(f"{self.path} holds a sweep; train a single run in another --workdir")
+        if kind == "sweep" and (self.path / CONFIG).exists():
+            raise UserError(f"{self.path} holds a single run; sweep into another --workdir")
+
     def saved_config(self) -> ml_collections.ConfigDict | None:
         """The config.json of an earlier command in this workdir, or None."""
         path = self.file(CONFIG)

@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import flags, logging
 
-from mnist_jax import cli, config as config_lib, driver, metrics
+from mnist_jax import cli, config as config_lib, driver, metrics, plot
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -45,8 +45,8 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
         raise UserError(f"--sweep {field}: the config has no field {field!r}") from None
     try:
         values = ast.literal_eval(f"[{text}]")
-    except (ValueError, SyntaxError):
-        values = [v.strip() for v in text.split(",")]
+    except (ValueError, SyntaxError):  # Names (sgd,adam), or inf/nan: one value at a time.
+        values = [_literal(v.strip()) for v in text.split(",")]
     if not values:
         raise UserError(f"--sweep {field}=: no values")
     kind = type(current)
@@ -60,6 +60,18 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
             raise UserError(f"--sweep {field}={text}: {v!r} is not a {kind.__name__}")
         out.append(v)
     return out
+
+
+def _literal(text: str) -> Any:
+    """A Python literal, a float such as 'inf', or the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def members(
@@ -140,30 +152,42 @@ def run_sweep(
     all_members = members(config, specs, workdir)
     if len({m.name for m in all_members}) != len(all_members):
         raise UserError("--sweep values repeat: two members would share a directory")
-    RunDir(workdir).check_writable()
+    sweep_dir = RunDir(workdir)
+    sweep_dir.check_writable()
+    sweep_dir.check_kind("sweep")
+    for m in all_members:
+        sweep_dir.file(m.name)  # A member directory that links out of the sweep is refused.
     groups: dict[str, list[driver.Member]] = {}
     for m in all_members:
         groups.setdefault(group_key(m.config), []).append(m)
     logging.info("sweep: %d members in %d group(s)", len(all_members), len(groups))
-    from mnist_jax import plot
+    with sweep_dir:  # One sweep (or run) at a time in this directory; each member locks too.
+        rows, kernels = _train_groups(
+            groups, max_parallel, vectorize, progress, fallback_checkpoint, t0
+        )
+        rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
+        _write_tables(rows, sweep_dir)
+        plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
+    return rows
+
+
+def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0):
+    """Each group through the driver; (table rows, each member's first-layer kernel)."""
+    from mnist_jax import api
 
     rows, cache, kernels = [], {}, {}
     for group in groups.values():
         for i in range(0, len(group), max_parallel):
-            part = group[i : i + max_parallel]
             outcomes = driver.run(
-                part, vectorize=vectorize, progress=progress, data_cache=cache, t0=t0,
-                fallback_checkpoint=fallback_checkpoint,
+                group[i : i + max_parallel], vectorize=vectorize, progress=progress,
+                data_cache=cache, t0=t0, fallback_checkpoint=fallback_checkpoint,
             )  # fmt: skip
             for outcome in outcomes:
                 run = api.finish(outcome, t0)
                 rows.append(_row(outcome.member, outcome.results))
                 if run.params is not None:
                     kernels[outcome.member.name] = plot.first_layer_kernel(run.params)
-    rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
-    _write_tables(rows, RunDir(workdir))
-    plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
-    return rows
+    return rows, kernels
 
 
 def _row(m: driver.Member, results: dict[str, Any]) -> dict[str, Any]:
