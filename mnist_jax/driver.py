@@ -286,7 +286,7 @@ class _Group:
         bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
         ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
                  for m in self.members]  # fmt: skip
-        step, chunk_len = start, c.steps_per_call or min(100, plan.num_steps)
+        step, chunk_len = start, c.steps_per_call or 10  # Then sized from the step time.
         period_steps, period_time = 0, 0.0
         try:
             with StopSignal() as stop:

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Sharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mnist_jax import data as data_lib, shuffle
 from mnist_jax.errors import UserError
@@ -104,19 +104,19 @@ def train_chunk(
     model: nn.Module,
     tx: optax.GradientTransformation,
     batch_size: int,
-    batch_sharding: Sharding | None = None,
+    batch_sharding: NamedSharding | None = None,
     permutation: Callable[[jax.Array, int], jax.Array] = shuffle.epoch_permutation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Runs steps `first_step` (== state.step) .. `first_step + num_steps - 1`.
 
     Training example i is row `rows[i]` of `images`/`labels` (one copy of the data serves every
     member of a sweep, each with its own split). An outer loop visits each epoch the chunk
-    touches and draws that epoch's `permutation` once (by default a keyed Feistel cipher,
-    `shuffle.epoch_permutation`, 18x cheaper than `jax.random.permutation`); the inner loop
-    takes consecutive batches of it. `first_step` is passed apart from `state.step` so that
-    the loop bounds stay unbatched when a sweep vmaps the state. Returns the state and the
-    chunk's statistics: the first non-finite loss's step (-1: none); `state.loss_sum` adds up
-    the batch losses.
+    touches, draws that epoch's `permutation` once (by default a keyed Feistel cipher,
+    `shuffle.epoch_permutation`, 18x cheaper than `jax.random.permutation`) and gathers its
+    rows; the inner loop takes consecutive batches of them. `first_step` is passed apart from
+    `state.step` so that the loop bounds stay unbatched when a sweep vmaps the state. Returns
+    the state and the chunk's statistics: the first non-finite loss's step (-1: none);
+    `state.loss_sum` adds up the batch losses.
     """
     num_train = rows.shape[0]
     spe, bs = num_train // batch_size, batch_size
@@ -125,13 +125,20 @@ def train_chunk(
 
     def epoch_body(epoch, carry):
         perm = permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+        # The epoch's rows gathered at once, (steps, batch, ...): one large gather is cheaper
+        # than one per step; each device gathers only its shard of every batch.
+        idx = rows[perm[: spe * bs]].reshape(spe, bs)
+        if batch_sharding is not None:
+            idx = jax.lax.with_sharding_constraint(
+                idx, NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
+            )
+        epoch_images, epoch_labels = images[idx], labels[idx]
 
         def step_body(step, carry):
             state, loss_sum, bad_step = carry
-            idx = rows[jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))]
-            if batch_sharding is not None:
-                idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-            state, loss = train_step(state, images[idx], labels[idx], model=model, tx=tx)
+            x = jax.lax.dynamic_index_in_dim(epoch_images, step % spe, keepdims=False)
+            y = jax.lax.dynamic_index_in_dim(epoch_labels, step % spe, keepdims=False)
+            state, loss = train_step(state, x, y, model=model, tx=tx)
             bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
             return state, loss_sum + loss, bad_step
 

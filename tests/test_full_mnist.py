@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "minimum"), [("linear", 0.91), ("dnn", 0.98), ("tflearn_dnn", 0.97)]
+    ("name", "minimum"),
+    [("linear", 0.91), ("dnn", 0.98), ("tflearn_dnn", 0.97), ("fast_mlp", 0.98)],
 )
 def test_config_reaches_its_accuracy(tmp_path, name, minimum):
     import importlib.util
