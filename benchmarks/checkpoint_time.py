@@ -6,7 +6,6 @@ python benchmarks/checkpoint_time.py --config=configs/dnn.py
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from mnist_jax import checkpoint, models, train
+from mnist_jax import checkpoint, config as config_lib, models, optim, step as step_lib
 
 
 def main() -> None:
@@ -22,18 +21,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/dnn.py")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("cfg", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load(args.config)
     model = models.create_model(config.model)
-    engine = train.Engine(
-        model,
-        train.make_optimizer(config.optimizer),
-        batch_size=config.batch_size,
-        num_train=60_000,
-    )
-    state = engine.init(config.seed)
+    state = step_lib.init_state(model, optim.make_optimizer(config.optimizer), config.seed)
     size = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
     saves, restores = [], []
     with tempfile.TemporaryDirectory() as d, checkpoint.Checkpointer(Path(d), 100) as ckpt:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from throughput import timed  # benchmarks/ is on the path when a script here runs.
 
 from mnist_jax import models, optim
 
@@ -35,16 +36,6 @@ def cnn_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls of `fn` (which blocks until its result is ready)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def train_rate(model, tx, xb, yb, repeats: int) -> tuple[float, float]:
@@ -74,7 +65,7 @@ def train_rate(model, tx, xb, yb, repeats: int) -> tuple[float, float]:
     compile_s = time.perf_counter() - t
     go = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
     go()  # Warm-up.
-    return xb.shape[0] * xb.shape[1] / best_time(go, repeats), compile_s
+    return xb.shape[0] * xb.shape[1] / timed(go, repeats), compile_s
 
 
 def forward_rate(model, xe, repeats: int) -> tuple[float, float]:
@@ -95,7 +86,7 @@ def forward_rate(model, xe, repeats: int) -> tuple[float, float]:
     compile_s = time.perf_counter() - t
     go = lambda: jax.block_until_ready(compiled(params))  # noqa: E731
     go()
-    return xe.shape[0] * xe.shape[1] / best_time(go, repeats), compile_s
+    return xe.shape[0] * xe.shape[1] / timed(go, repeats), compile_s
 
 
 def main() -> None:

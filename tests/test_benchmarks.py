@@ -82,3 +82,11 @@ def test_time_to_accuracy_quick_mode_reports_a_run_of_the_whole_command(tmp_path
     }
     assert lines[1].startswith("| config |") and lines[3].startswith("| linear | sample |")
     assert list(tmp_path.iterdir()) == []  # The workdirs are removed.
+
+
+def test_conv_forms_quick_mode_times_both_forms_both_ways():
+    proc = run_benchmark("benchmarks/conv_forms.py", "--quick")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    forms = {(r["conv_impl"], r["mode"]) for r in rows}
+    assert forms == {(f, m) for f in ("slices", "native") for m in ("train", "forward")}
+    assert all(r["examples_per_sec"] > 0 for r in rows)

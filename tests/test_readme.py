@@ -20,7 +20,7 @@ def readme_blocks(section: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, idx_dir):
-    workdir = tmp_path_factory.mktemp("runs") / "dnn"
+    workdir = tmp_path_factory.mktemp("readme") / "runs" / "dnn"
     train_results(small_config(idx_dir, "dnn", **{"model.hidden_units": (32,)}), workdir)
     return workdir
 
