@@ -39,10 +39,11 @@ from mnist_jax import (
     metrics,
     models,
     optim,
+    resume,
     step as step_lib,
 )
 from mnist_jax.control import StopSignal, Timing, make_plan
-from mnist_jax.errors import Diverged, Interrupted, UserError
+from mnist_jax.errors import Diverged, Interrupted
 from mnist_jax.rundir import RunDir
 from mnist_jax.sharding import EvalSplit, Placement
 
@@ -140,68 +141,21 @@ def run(
 
 
 def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint):
-    """Per member: lock, compare with config.json, restore the latest checkpoint; writes
-    nothing. Returns (states, finished outcomes, members to train)."""
-    abstract = jax.eval_shape(lambda: step_lib.init_state(model, txs[0], 0))
+    """Per member: lock and `resume.start` (writes nothing). Returns (states, finished or
+    diverged outcomes, members to train, skipped corrupt checkpoints per member)."""
     states, done, todo, skipped = [], [], [], {}
     for m, tx in zip(members, txs, strict=True):
         m.rundir.lock()
-        changed = m.rundir.check_config(m.config, allow_config_change)
-        if changed:
-            old = optim.structure(m.rundir.saved_config().optimizer)
-            new = optim.structure(m.config.optimizer)
-            fixed = [k for k in old if old[k] != new[k]]
-            if fixed:
-                raise UserError(
-                    f"{fixed[0]} changed: the optimizer state of {m.rundir.path} has another "
-                    "structure, so it cannot resume even with --allow_config_change; use a new "
-                    "--workdir"
-                )
-        if m.config.plots:
-            from mnist_jax import plot
-
-            plot.check_run_outputs(m.rundir.path)  # Before training, not after.
-        finished = m.rundir.finished()
-        m.rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
-        saved, at, skipped[m.rundir.path] = None, None, []
-        if m.rundir.checkpoints.is_dir():
-            with ckpt_lib.Checkpointer(m.rundir.checkpoints, create=False) as c:
-                saved, at, skipped[m.rundir.path] = ckpt_lib.restore_latest(
-                    c, abstract, fallback_checkpoint
-                )
-        at = at or 0
-        if finished and at == plan.num_steps and not changed:
-            logging.info("%s already finished %d steps; nothing to do", m.rundir.path, at)
-            done.append(Outcome(m, finished))
+        start = resume.start(
+            m.rundir, m.config, model, tx, plan.num_steps, allow_change=allow_config_change,
+            fallback=fallback_checkpoint, keep_diverged=len(members) > 1, tag=_tag(m),
+        )  # fmt: skip
+        if start.state is None:
+            done.append(Outcome(m, start.results))
             m.rundir.unlock()
             continue
-        if at > plan.num_steps:
-            raise UserError(
-                f"{m.rundir.path} already trained {at} steps, more than num_steps="
-                f"{plan.num_steps}; raise num_steps or use a new --workdir"
-            )
-        if (m.rundir.results() or {}).get("diverged") and not changed:
-            if len(members) > 1:  # A sweep's diverged member stays as it was recorded.
-                done.append(Outcome(m, m.rundir.results()))
-                m.rundir.unlock()
-                continue
-            raise UserError(
-                f"{m.rundir.path} diverged earlier (see its results.json); lower the learning "
-                "rate with --allow_config_change, or use a new --workdir"
-            )
-        if saved is None:
-            state = jax.jit(functools.partial(step_lib.init_state, model, tx))(m.config.seed)
-        else:
-            state = step_lib.TrainState(**saved)
-            if changed:  # An allowed change takes effect in the injected hyperparameters.
-                state = state.replace(
-                    opt_state=optim.set_hyperparams(state.opt_state, m.config.optimizer)
-                )
-                logging.info(
-                    "config change allowed (%s): resuming with the new values", ", ".join(changed)
-                )
-            logging.info("%sresumed from %s at step %d", _tag(m), m.rundir.checkpoints, at)
-        states.append(state)
+        skipped[m.rundir.path] = start.skipped
+        states.append(start.state)
         todo.append(m)
     return states, done, todo, skipped
 
