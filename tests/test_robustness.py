@@ -98,7 +98,7 @@ def test_signal_mid_run_then_resume_is_exact(tmp_path, idx_dir, reference, sig, 
     assert metric_rows(tmp_path) == metric_rows(reference)
 
 
-@pytest.mark.parametrize("rows", [40])  # Mid-run; test_reproducibility kills later.
+@pytest.mark.parametrize("rows", [40])  # Mid-run, between checkpoints.
 def test_kill_9_never_leaves_an_unrestorable_checkpoint(tmp_path, idx_dir, reference, rows):
     args = _args(idx_dir, tmp_path, *_LONG)
     proc = _start_and_signal(args, tmp_path, signal.SIGKILL, min_rows=rows)
