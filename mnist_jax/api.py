@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from mnist_jax import config as config_lib, data as data_lib, driver, evaluate, metrics
 from mnist_jax.errors import UserError
@@ -219,8 +218,3 @@ def load_run(workdir: str | os.PathLike) -> Run:
     model, params, config = evaluate.restore_model(workdir)
     results = rundir.results() or {}
     return Run(rundir.path, config, model, params, results, rundir.metrics())
-
-
-def configure_logging() -> None:
-    """INFO lines from this package in a notebook (absl shows only warnings there)."""
-    logging.set_verbosity(logging.INFO)

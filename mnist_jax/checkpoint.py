@@ -23,7 +23,6 @@ from absl import logging
 
 from mnist_jax.errors import UserError
 
-CHECKPOINT_DIR = "checkpoints"
 STATE, DIGEST = "state", "digest"
 
 
