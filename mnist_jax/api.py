@@ -5,6 +5,7 @@ config = mj.load_config("dnn", num_steps=2000)
 run = mj.train(config, "runs/dnn")       # progress bar in a terminal or Jupyter
 run.results["final"]["test"]["accuracy"], run.history, run.figures()
 run.predict(images)                      # (n, 784) or (n, 28, 28) uint8 -> (n, 10) probs
+run.export("dnn.jax")                    # a jax.export artifact: loads without mnist_jax
 run = mj.load_run("runs/dnn")            # a finished run, the same object
 """
 
@@ -92,6 +93,13 @@ class Run:
         pixels 0-255 (uint8, or whole-valued ints/floats), shaped (n, 784), (n, 28, 28),
         (784,) or (28, 28)."""
         return evaluate.predict_probs(self.model, self.params, as_pixels(images))
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Writes the run's model as a jax.export artifact at `path` (and `path`.json), as
+        `python -m mnist_jax.export` does: uint8 (n, 784) -> probabilities (n, classes)."""
+        from mnist_jax import export as export_lib
+
+        return export_lib.export_run(self.workdir, path)
 
     def test_split(self) -> data_lib.Split:
         if self.test is None:

@@ -96,6 +96,28 @@ def train_results(config, workdir, **kwargs) -> dict:
     return api.train(config, workdir, progress=False, **kwargs).results
 
 
+def snapshot(workdir) -> dict:
+    """Every file under `workdir` with its bytes (links by their target)."""
+    out = {}
+    for p in sorted(workdir.rglob("*")):
+        if p.is_symlink():
+            out[p] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[p] = p.read_bytes()
+    return out
+
+
+def same_params(a, b) -> bool:
+    """The latest checkpoints of two run directories hold the same parameters, to the bit."""
+    import jax
+
+    from mnist_jax import evaluate
+
+    pa, pb = evaluate.restore_model(a)[1], evaluate.restore_model(b)[1]
+    pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
+
+
 def latest_checkpoint(workdir: Path) -> int | None:
     """The newest checkpoint step in a run directory (None: none)."""
     from mnist_jax import checkpoint

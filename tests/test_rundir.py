@@ -10,32 +10,22 @@ import signal
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
 
 from mnist_jax import api, evaluate
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir, read_jsonl
 
-from conftest import REPO, main_args, metric_rows, one_error_line, small_config, train_results
-
-
-def snapshot(workdir) -> dict:
-    """Every file under `workdir` with its bytes (links by their target)."""
-    out = {}
-    for p in sorted(workdir.rglob("*")):
-        if p.is_symlink():
-            out[p] = ("link", os.readlink(p))
-        elif p.is_file():
-            out[p] = p.read_bytes()
-    return out
-
-
-def same_params(a, b) -> bool:
-    pa, pb = evaluate.restore_model(a)[1], evaluate.restore_model(b)[1]
-    pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
-    return all(np.array_equal(x, y) for x, y in pairs)
+from conftest import (
+    REPO,
+    main_args,
+    metric_rows,
+    one_error_line,
+    same_params,
+    small_config,
+    snapshot,
+    train_results,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,164 @@
+"""Export a finished run's model as a serialized `jax.export` artifact (StableHLO).
+
+    python -m mnist_jax.export --workdir=runs/dnn --out=dnn.jax
+
+The artifact is one function, parameters included: uint8 pixels (n, 784), MNIST-style (white
+digit on black, 0-255, rows of the 28x28 image), with a symbolic batch size n >= 1, to float32
+class probabilities (n, classes). It is lowered for CPU, CUDA, ROCm and TPU, and loads with
+plain JAX, without this package or Flax:
+
+    exported = jax.export.deserialize(open("dnn.jax", "rb").read())
+    probs = exported.call(images)
+
+The artifact itself records its contract (`exported.in_avals`, `exported.out_avals`); the
+sidecar `<out>.json` says it in words, with the class count, the run and step it came from,
+and the JAX version and date of the export (jax.export promises 6 months of backward
+compatibility: see README.md). The model is restored the one way every command restores it
+(`evaluate.restore_model`), and only a run that finished is exported. Every target is checked
+before anything is restored or written; both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mnist_jax import data as data_lib, evaluate, outputs, step as step_lib
+from mnist_jax.errors import UserError
+from mnist_jax.rundir import RunDir
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+FORMAT = "jax.export"
+
+
+def sidecar(out: str | os.PathLike) -> Path:
+    """The JSON file that describes the artifact at `out`: `<out>.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """`path` if a file can be written there: not a directory, not a link, in an existing
+    writable directory; else a UserError."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"cannot write {path}: it is a symbolic link; give the real path")
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: it is not a regular file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {path}: it is read-only")
+    return path
+
+
+def check_finished(rundir: RunDir) -> dict[str, Any]:
+    """results.json of a finished run in `rundir`, else a UserError saying what it is."""
+    if not rundir.path.is_dir():
+        raise UserError(f"workdir {rundir.path} does not exist")
+    if (rundir.path / "sweep.json").exists():
+        raise UserError(f"{rundir.path} holds a sweep: export one of its members' workdirs")
+    if rundir.saved_config() is None:
+        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+    results = rundir.finished()
+    if results is None:
+        diverged = (rundir.results() or {}).get("diverged")
+        if diverged:
+            raise UserError(f"the run in {rundir.path} diverged at step {diverged.get('step')}")
+        raise UserError(
+            f"the run in {rundir.path} has not finished (no final results): rerun its command "
+            "to finish training, then export"
+        )
+    return results
+
+
+def exported(model: Any, params: Any, platforms: tuple[str, ...] = PLATFORMS):
+    """The `jax.export.Exported` of `model` with `params`: uint8 (n, 784) -> probs (n, classes)."""
+    fn = jax.jit(functools.partial(step_lib.predict_probs, params, model=model))
+    (n,) = jax.export.symbolic_shape("n")
+    spec = jax.ShapeDtypeStruct((n, data_lib.NUM_PIXELS), jnp.uint8)
+    return jax.export.export(fn, platforms=platforms)(spec)
+
+
+def describe(exp, config, workdir: Path, step: int | None) -> dict[str, Any]:
+    """The sidecar's content: the contract in words, where the model came from, and when."""
+    (out,) = exp.out_avals
+    return {
+        "format": FORMAT,
+        "load": "jax.export.deserialize(open(FILE, 'rb').read()).call(images)",
+        "input": {
+            "dtype": "uint8",
+            "shape": ["n", data_lib.NUM_PIXELS],
+            "n": "any batch size >= 1",
+            "pixels": "MNIST-style: white digit on black, 0-255, the 28x28 image row by row",
+        },
+        "output": {
+            "dtype": str(out.dtype),
+            "shape": ["n", int(out.shape[1])],
+            "meaning": "class probabilities (softmax); each row sums to 1",
+        },
+        "classes": int(out.shape[1]),
+        "model": config.model.name,
+        "workdir": str(workdir.resolve()),
+        "step": step,
+        "platforms": list(exp.platforms),
+        "calling_convention_version": exp.calling_convention_version,
+        "jax_version": jax.__version__,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_run(
+    workdir: str | os.PathLike, out: str | os.PathLike, platforms: tuple[str, ...] = PLATFORMS
+) -> Path:
+    """Writes the finished run in `workdir` as a jax.export artifact at `out`, described by
+    `<out>.json`. Returns `out`. Every bad input is a UserError, and then nothing is written."""
+    out = Path(out)
+    rundir = RunDir(workdir)
+    results = check_finished(rundir)
+    check_target(out)
+    check_target(sidecar(out))
+    with rundir:  # Not while a run trains here: its checkpoint could change under us.
+        model, params, config = evaluate.restore_model(rundir.path)
+    exp = exported(model, params, platforms)
+    blob = exp.serialize()
+    text = json.dumps(describe(exp, config, rundir.path, results.get("num_steps")), indent=2) + "\n"
+    outputs.write_atomic(out, lambda f: f.write(blob))
+    outputs.write_atomic(sidecar(out), lambda f: f.write(text.encode()))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    f = flags.FLAGS
+    if argv[1:]:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not f.workdir or not f.out:
+        raise UserError("usage: python -m mnist_jax.export --workdir=RUN --out=FILE")
+    out = export_run(f.workdir, f.out)
+    print(f"wrote {out} (jax.export, StableHLO) and {sidecar(out)}", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from mnist_jax import cli
+
+    flags.DEFINE_string("workdir", None, "A finished run's directory.")
+    flags.DEFINE_string("out", None, "The artifact to write (its description: OUT.json).")
+    cli.run(main)
