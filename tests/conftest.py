@@ -96,6 +96,13 @@ def train_results(config, workdir, **kwargs) -> dict:
     return api.train(config, workdir, progress=False, **kwargs).results
 
 
+# Appended to a script run by plain JAX: it fails if mnist_jax or Flax was imported.
+NOT_IMPORTED = """
+loaded = [m for m in sys.modules if m.split(".")[0] in ("mnist_jax", "flax")]
+assert not loaded, loaded
+"""
+
+
 def snapshot(workdir) -> dict:
     """Every file under `workdir` with its bytes (links by their target)."""
     out = {}

@@ -3,12 +3,15 @@ Python API example. Each block is read out of README.md itself, so the README ca
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, small_config, train_results
+from conftest import NOT_IMPORTED, REPO, small_config, train_results
 
 
 def readme_blocks(section: str) -> list[str]:
@@ -47,3 +50,25 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert 0.5 < scope["run"].test_accuracy <= 1
+
+
+def test_the_export_snippet_runs_in_plain_jax(trained, sample, tmp_path):
+    from mnist_jax import api
+
+    (code,) = readme_blocks("Exporting the model (jax.export)")
+    run = api.load_run(trained)
+    run.export(tmp_path / "dnn.jax")
+    images = sample.images[:20]
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys\nimport numpy as np\nimages = np.load('images.npy')\n"
+        + code
+        + NOT_IMPORTED
+        + "np.save('probs.npy', probs)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probs = np.load(tmp_path / "probs.npy")
+    np.testing.assert_allclose(probs, run.predict(images), atol=1e-5, rtol=0)
