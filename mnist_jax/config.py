@@ -35,6 +35,7 @@ RESUMABLE_FIELDS = frozenset(
         "checkpoint_every_steps",
         "checkpoints_to_keep",
         "tensorboard",
+        "profile_steps",
         "plots",
         "data.dir",
         "data.train_file",

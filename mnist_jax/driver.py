@@ -39,6 +39,7 @@ from mnist_jax import (
     metrics,
     models,
     optim,
+    profile as profile_lib,
     resume,
     step as step_lib,
 )
@@ -115,6 +116,8 @@ def run(
         states, done, todo, skipped = _check_and_restore(
             members, txs, model, plan, allow_config_change, fallback_checkpoint
         )
+        if states:  # Where the trace would start is known now, before anything is written.
+            profile_lib.check(first, plan, int(states[0].step), todo[0].rundir)
         # From here on the command goes on: write.
         for m, state in zip(todo, states, strict=True):
             m.rundir.claim()
@@ -240,17 +243,19 @@ class _Group:
         bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
         ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
                  for m in self.members]  # fmt: skip
-        step, chunk_len = start, c.steps_per_call or 10  # Then sized from the step time.
+        step, chunk_len = start, c.steps_per_call or profile_lib.FIRST_CHUNK  # Then timed.
         period_steps, period_time = 0, 0.0
+        trace = profile_lib.Window(c.profile_steps, self.members[0].rundir.file("profile"))
         try:
             with StopSignal() as stop:
                 while step < plan.num_steps and len(self.diverged) < self.K:
-                    n = min(plan.next_stop(step) - step, chunk_len)
+                    n = trace.clip(step, min(plan.next_stop(step) - step, chunk_len))
                     t = time.time()
-                    self.state, stats = compiled(
-                        self.state, self.images, self.labels, self.rows, step, n
-                    )
-                    stats = jax.device_get(stats)  # Also waits for the chunk to finish.
+                    with trace.around(step, n):
+                        self.state, stats = compiled(
+                            self.state, self.images, self.labels, self.rows, step, n
+                        )
+                        stats = jax.device_get(stats)  # Also waits for the chunk to finish.
                     elapsed = time.time() - t
                     self.timing.train_s += elapsed
                     step += n
@@ -294,6 +299,7 @@ class _Group:
                         "are written, plots skipped",
                     )
         finally:
+            trace.close()
             bar.close()
             for w in self.writers:
                 w.close()

@@ -203,6 +203,12 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("checkpoints_to_keep", 3, Int(1), "Most recent checkpoints kept on disk."),
     F("tensorboard", True, Bool(), "Write TensorBoard event files to workdir/tensorboard."),
     F(
+        "profile_steps",
+        0,
+        Int(0),
+        "Steps traced with jax.profiler into workdir/profile after the first chunk; 0: off.",
+    ),
+    F(
         "plots",
         True,
         Bool(),
