@@ -65,6 +65,28 @@ def check_target(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_not_the_runs(path: Path, rundir: RunDir) -> None:
+    """Inside the run's directory, only its top level and only a new name or an earlier
+    export: `--out=W/results.json` (or `W/config`, whose sidecar is config.json) is refused."""
+    real, root = path.resolve(), rundir.path.resolve()
+    if root not in real.parents:
+        return
+    earlier_export = _is_sidecar(real) or _is_sidecar(sidecar(real))
+    ours = real.parent != root or (real.exists() and not earlier_export)
+    if ours:
+        raise UserError(
+            f"cannot write {path}: it would replace or join the run's own files in "
+            f"{rundir.path}; give a new name at its top level, or a path outside it"
+        )
+
+
+def _is_sidecar(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_finished(rundir: RunDir) -> dict[str, Any]:
     """results.json of a finished run in `rundir`, else a UserError saying what it is."""
     if not rundir.path.is_dir():
@@ -129,8 +151,9 @@ def export_run(
     out = Path(out)
     rundir = RunDir(workdir)
     results = check_finished(rundir)
-    check_target(out)
-    check_target(sidecar(out))
+    for path in (out, sidecar(out)):
+        check_target(path)
+        check_not_the_runs(path, rundir)
     with rundir:  # Not while a run trains here: its checkpoint could change under us.
         model, params, config = evaluate.restore_model(rundir.path)
     exp = exported(model, params, platforms)

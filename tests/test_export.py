@@ -135,6 +135,7 @@ def test_the_command_line_and_run_export_write_the_same_model(tmp_path, runs):
     ours = jax.export.deserialize(out.read_bytes()).call(images)
     theirs = jax.export.deserialize(artifact(run)).call(images)
     np.testing.assert_array_equal(ours, theirs)
+    assert run.export(run.workdir / "model.jax") == run.workdir / "model.jax"  # Again: replaced.
 
 
 def _unfinished(tmp_path, runs):
@@ -162,6 +163,9 @@ def _bad_targets(tmp_path, runs):
         (good, tmp_path / "link.jax", "symbolic link"),
         (good, tmp_path / "no" / "m.jax", "does not exist"),
         (good, tmp_path / "side.jax", "side.jax.json: it is a directory"),
+        (good, good / "results.json", "replace or join the run's own files"),
+        (good, good / "config", "config.json: it would replace or join the run's own files"),
+        (good, good / "checkpoints" / "m.jax", "replace or join the run's own files"),
     ]
 
 
