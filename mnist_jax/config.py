@@ -340,6 +340,8 @@ def from_dict(d: Any, where: str = "config") -> ml_collections.ConfigDict:
         *path, last = dotted.split(".")
         for part in path:
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):  # {"seed": {"a": 1}}: not a group of fields.
+                raise UserError(f"{where}: unknown config field {dotted}")
         target[last] = value
     return ml_collections.ConfigDict(tuples(out))
 

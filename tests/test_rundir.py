@@ -18,18 +18,15 @@ from mnist_jax import api, evaluate
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir, read_jsonl
 
-from conftest import REPO, main_args, metric_rows, one_error_line, small_config, train_results
-
-
-def snapshot(workdir) -> dict:
-    """Every file under `workdir` with its bytes (links by their target)."""
-    out = {}
-    for p in sorted(workdir.rglob("*")):
-        if p.is_symlink():
-            out[p] = ("link", os.readlink(p))
-        elif p.is_file():
-            out[p] = p.read_bytes()
-    return out
+from conftest import (
+    REPO,
+    main_args,
+    metric_rows,
+    one_error_line,
+    small_config,
+    snapshot,
+    train_results,
+)
 
 
 def same_params(a, b) -> bool:
