@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from mnist_jax import api, data, evaluate, plot
+from mnist_jax import api, config as config_lib, data, evaluate, plot
 from mnist_jax.errors import UserError
 
 from conftest import REPO, one_error_line, small_config, snapshot, train_results
@@ -131,13 +131,23 @@ def _read(tool, workdir, digit_png):
         plot.plot_workdir(workdir)
 
 
-@settings(max_examples=30)
+def _valid_config(text: str) -> bool:
+    """Whether the command line's validator takes this config.json (fields it lacks default)."""
+    try:
+        config_lib.validate(config_lib.from_dict(json.loads(text)))
+    except (UserError, ValueError, TypeError):
+        return False
+    return True
+
+
+@settings(max_examples=40)
 @given(mutations(), st.sampled_from(["load_run", "predict", "eval", "plot"]))
 def test_every_reader_reads_or_refuses_a_crafted_run_in_one_line(
     reference, tmp_path, digit_png, mutation, tool
 ):
     file, op, change = mutation
     workdir = _craft(reference, tmp_path, file, change)
+    refused = file == "config.json" and not _valid_config((workdir / file).read_text())
     before = snapshot(workdir)
     try:
         _read(tool, workdir, digit_png)
@@ -145,8 +155,10 @@ def test_every_reader_reads_or_refuses_a_crafted_run_in_one_line(
         message = str(e)
         assert "\n" not in message
         assert any(s in message for s in (file, "checkpoint", "data")), (op, message)
+        assert not refused or "config.json" in message, message
         assert snapshot(workdir) == before
         return
+    assert not refused, f"{tool} read a config.json that the command line refuses"
     if tool in ("load_run", "predict"):
         assert snapshot(workdir) == before  # Pure readers write nothing.
 
