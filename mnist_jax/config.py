@@ -77,7 +77,8 @@ def validate(config: Any) -> None:
     if "sweep" in config:
         specs = config.sweep
         if not isinstance(specs, (tuple, list)) or not all(isinstance(s, str) for s in specs):
-            raise UserError(f"config.sweep={specs!r}: must be a tuple of 'field=v1,v2' strings")
+            shown = repr(specs) if isinstance(specs, (tuple, list)) else type(specs).__name__
+            raise UserError(f"config.sweep={shown}: must be a tuple of 'field=v1,v2' strings")
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:

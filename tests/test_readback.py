@@ -171,6 +171,7 @@ def test_every_reader_reads_or_refuses_a_crafted_run_in_one_line(
         ("config.json", '{"seed": {"a": 1}}', "config.json: unknown config field seed.a"),
         ("config.json", '{"model": {"widht": 3}}', "unknown config field model.widht"),
         ("config.json", "[1]", "config.json: expected a JSON object"),
+        ("config.json", '{"sweep": {"a": "b"}}', "config.sweep=ConfigDict: must be a tuple"),
         ("results.json", '{"final": {"test": {"accuracy": "high"}}}', "final test lacks"),
         ("results.json", '{"diverged": {"step": "x"}}', "results.json: diverged step must be"),
         ("results.json", '{"num_classes": 10, "confusion_matrix": [[1]]}', "confusion_matrix"),
