@@ -205,7 +205,10 @@ class RunDir:
         sweep.json yet, but members that hold a config.json), or None if it holds none."""
         if not self.path.is_dir() or (self.path / CONFIG).exists():
             return None
-        members = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+        try:
+            members = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+        except OSError as e:
+            raise UserError(f"workdir {self.path} cannot be read: {e.strerror}") from None
         return members if members or (self.path / SWEEP).exists() else None
 
     def describe(self) -> str:
