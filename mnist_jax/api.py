@@ -86,6 +86,8 @@ class Run:
 
     @property
     def test_accuracy(self) -> float:
+        if "final" not in self.results:
+            raise UserError(f"{self.summary()}: no test accuracy")
         return self.results["final"]["test"]["accuracy"]
 
     def predict(self, images: Any) -> np.ndarray:
@@ -135,13 +137,20 @@ class Run:
         """Writes plots/ and report.md from what is in memory (no reload, no restore)."""
         from mnist_jax import plot
 
-        return plot.write_run_outputs(self.workdir, self.config, *self._figure_inputs())
+        inputs = self._figure_inputs()
+        with RunDir(self.workdir) as rundir:  # A writer: refused while a run trains there.
+            plot.check_run_outputs(self.workdir)
+            rundir.claim()
+            return plot.write_run_outputs(self.workdir, self.config, *inputs)
 
     def summary(self) -> str:
         """The closing lines: test scores, data, where the time went, where the files are."""
         r = self.results
+        if "diverged" in r:
+            return f"{self.workdir}: diverged at step {r['diverged']['step']}"
         if "final" not in r:
-            return f"{self.workdir}: diverged at step {r.get('diverged', {}).get('step')}"
+            last = max((row["step"] for row in self.history), default=0)
+            return f"{self.workdir}: not finished (evaluated up to step {last}); rerun to resume"
         t = r["final"]["test"]
         timing = r.get("timing", {})
         split = ", ".join(
@@ -149,11 +158,11 @@ class Run:
         )
         lines = [
             f"test accuracy {100 * t['accuracy']:.2f}%, log-loss {t['log_loss']:.4f} "
-            f"on {t['size']} digits of {r['data_source']} ({r['data_location']})",
+            f"on {t['size']} digits of {r['data_source']} ({r.get('data_location', '')})",
             f"wall time {timing.get('wall_s', r.get('wall_time_s', 0)):.1f}s: {split}",
             f"results {self.workdir / 'results.json'}; checkpoints {self.workdir / 'checkpoints'}",
         ]
-        if r["data_source"] == "sample":
+        if r.get("data_source") == "sample":
             lines.append(
                 "this ran on the bundled 5,000-digit sample; for full MNIST put its four IDX "
                 "files in a directory and pass --config.data.dir=DIR (or set MNIST_JAX_DATA_DIR)"

@@ -69,7 +69,11 @@ class Checkpointer:
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=max_to_keep,
+                    create=create,
+                    cleanup_tmp_directories=create,  # The writer (locked) clears a killed save's.
+                ),
                 item_handlers={
                     STATE: ocp.StandardCheckpointHandler(),
                     DIGEST: ocp.JsonCheckpointHandler(),

@@ -78,7 +78,8 @@ def validate(config: Any) -> None:
     if "sweep" in config:
         specs = config.sweep
         if not isinstance(specs, (tuple, list)) or not all(isinstance(s, str) for s in specs):
-            raise UserError(f"config.sweep={specs!r}: must be a tuple of 'field=v1,v2' strings")
+            shown = repr(specs) if isinstance(specs, (tuple, list)) else type(specs).__name__
+            raise UserError(f"config.sweep={shown}: must be a tuple of 'field=v1,v2' strings")
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:
@@ -341,6 +342,8 @@ def from_dict(d: Any, where: str = "config") -> ml_collections.ConfigDict:
         *path, last = dotted.split(".")
         for part in path:
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):  # {"seed": {"a": 1}}: not a group of fields.
+                raise UserError(f"{where}: unknown config field {dotted}")
         target[last] = value
     return ml_collections.ConfigDict(tuples(out))
 

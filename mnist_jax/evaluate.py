@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +18,70 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import checkpoint, data as data_lib, models, step as step_lib
+from mnist_jax import checkpoint, config as config_lib, data as data_lib, models, step as step_lib
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import EVAL_RESULTS, RunDir
+from mnist_jax.rundir import EVAL_RESULTS, HOLDER, RunDir
 from mnist_jax.sharding import Placement
 
 
 def restore_model(
     workdir: str | os.PathLike, step: int | None = None
 ) -> tuple[Any, Any, ml_collections.ConfigDict]:
-    """(model, params, config) of a run's latest (or `step`'s) checkpoint."""
+    """(model, params, config) of a run's latest (or `step`'s) checkpoint. Reads only, and
+    reads a consistent snapshot of a run that is training: a checkpoint that the trainer
+    rotates away mid-read is retried on the newest one."""
     rundir = RunDir(workdir)
     config = rundir.saved_config()
     if config is None:
-        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+        raise UserError(rundir.describe())
     if not rundir.checkpoints.is_dir():
-        raise UserError(f"no checkpoint in {rundir.checkpoints}: train first")
-    with checkpoint.Checkpointer(rundir.checkpoints, create=False) as ckpt:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise UserError(f"no checkpoint in {rundir.checkpoints}: train first")
-        saved = ckpt.restore(None, step)
+        raise UserError(_nothing_to_restore(rundir))
+    saved, step = _restore_snapshot(rundir, step)
+    if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
+        raise UserError(f"checkpoint {rundir.checkpoints / str(step)} holds no parameters")
     params = saved["params"]
     model = _model_for(config, params, rundir.checkpoints / str(step))
-    logging.info("restored %s at step %d", rundir.path, int(saved["step"]))
+    logging.info("restored %s at step %d", rundir.path, step)
     return model, params, config
+
+
+RETRIES = 20  # Attempts while a live run's checkpoints change under the reader.
+
+
+def _step_dirs(directory: Path) -> list[int]:
+    """The finished checkpoint steps on disk now (orbax renames a step into place)."""
+    try:
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def _restore_snapshot(rundir: RunDir, step: int | None) -> tuple[Any, int]:
+    """(saved dict, step); an error is believed only if the checkpoints did not change while
+    it happened (else the trainer saved or deleted one under us: try again)."""
+    for attempt in range(RETRIES):
+        before = _step_dirs(rundir.checkpoints)
+        try:
+            with checkpoint.Checkpointer(rundir.checkpoints, create=False) as ckpt:
+                at = ckpt.latest_step() if step is None else step
+                if at is None:
+                    raise UserError(_nothing_to_restore(rundir))
+                return ckpt.restore(None, at), at
+        except UserError:
+            changed = _step_dirs(rundir.checkpoints) != before
+            if not changed or attempt == RETRIES - 1:
+                raise
+            logging.info("checkpoints of %s changed while reading: retrying", rundir.path)
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _nothing_to_restore(rundir: RunDir) -> str:
+    """Why there is no checkpoint: a diverged run says so; an unfinished one is to train."""
+    what = rundir.describe()
+    if what:
+        return f"{what}; it has no checkpoint to restore"
+    return f"no checkpoint in {rundir.checkpoints}: train first"
 
 
 def _model_for(config: ml_collections.ConfigDict, params: Any, where: Path) -> Any:
@@ -72,19 +112,31 @@ def run_data_config(rundir: RunDir, overrides: dict[str, Any] | None = None):
     the data fields the user gave explicitly on top."""
     config = rundir.saved_config()
     if config is None:
-        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+        raise UserError(rundir.describe())
     data_config = config.data
     results = rundir.results()
     if results and results.get("data_source"):
         data_config = data_lib.data_config_used(
             data_config, results["data_source"], results.get("data_location", "")
         )
+        _check_pinned(config, data_config, rundir.file("results.json"))
     if overrides:
         data_config = data_config.copy_and_resolve_references()
         with data_config.unlocked():
             for k, v in overrides.items():
                 data_config[k] = v
     return data_config
+
+
+def _check_pinned(config: ml_collections.ConfigDict, data_config: Any, where: Path) -> None:
+    """The run's config with the data its results.json says it used must still validate."""
+    pinned = config.copy_and_resolve_references()
+    with pinned.unlocked():
+        pinned.data = data_config
+    try:
+        config_lib.validate(pinned)
+    except UserError as e:
+        raise UserError(f"{where}: its data_source and data_location do not fit ({e})") from None
 
 
 def evaluate_workdir(
@@ -94,14 +146,15 @@ def evaluate_workdir(
     fields in `data_overrides`) and writes eval_results.json."""
     rundir = RunDir(workdir)
     data_config = run_data_config(rundir, data_overrides)
-    rundir.check_writable()
-    with rundir:  # Not while a run trains here: its checkpoint could change under us.
+    rundir.check_outputs(files=(EVAL_RESULTS, HOLDER))
+    with rundir:  # A writer (eval_results.json): refused while a run trains here.
         return _evaluate(rundir, data_config)
 
 
 def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
     model, params, config = restore_model(rundir.path)
     test, source, location = data_lib.load_test(data_config)
+    rundir.claim()  # The command goes on: say who holds the workdir.
     placement = Placement()
     split = placement.put_eval(test, config.eval_batch_size)
     sums = jax.device_get(

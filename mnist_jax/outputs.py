@@ -1,15 +1,19 @@
 """Writing pictures and reports safely: checked before drawing, atomic, never outside the run.
 
 Every target is checked before any figure is drawn (its directory exists and is writable, its
-format is one matplotlib writes, it is not a directory). Files are written to a temporary file
-in the same directory and renamed into place, so a reader never sees half a file and a symlink
-at the target is replaced, never followed. With a `root` (the run directory), a target whose
-directory leads outside the root (through a symlinked `plots/`, say) is refused.
+format is one matplotlib writes, it is not a directory, a FIFO or a read-only file). Files are
+written to a temporary file in the same directory and renamed into place, so a reader never sees
+half a file and a symlink at the target is replaced, never followed. With a `root` (the run
+directory), a target whose directory leads outside the root (through a symlinked `plots/`, say)
+is refused. A temporary file left by a writer killed mid-write (kill -9) carries its pid and is
+removed by the next write of the same file.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,29 +54,60 @@ def check_target(path: str | Path, root: str | Path | None = None, text: bool = 
             f"cannot write {path}: format {suffix or '(none)'!r} is not supported; "
             f"use one of {', '.join(allowed)}"
         )
-    parent = path.parent
+    return check_file(path, root)
+
+
+def check_file(path: str | Path, root: str | Path | None = None) -> Path:
+    """Returns `path` if a file can be replaced there atomically: not a directory, FIFO or
+    other special file, not a read-only file, in a writable directory (inside `root`)."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UserError(f"cannot write {path}: it is a directory")
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise UserError(f"cannot write {path}: it is not a regular file (a FIFO or device?)")
+    if mode is not None and stat.S_ISREG(mode) and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {path}: it is read-only")
+    _check_directory(path.parent, root, f"cannot write {path}")
+    return path
+
+
+def check_dir(directory: str | Path, root: str | Path | None = None) -> Path:
+    """Returns `directory` if files can be created in it (or it can be made): not a file or
+    a link out of `root`, writable."""
+    directory = Path(directory)
+    if directory.is_symlink() and not directory.exists():
+        raise UserError(f"cannot write into {directory}: it is a dangling link; remove it")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"cannot write into {directory}: it is not a directory")
+    _check_directory(directory, root, f"cannot write into {directory}")
+    return directory
+
+
+def _check_directory(parent: Path, root: str | Path | None, what: str) -> None:
     if root is not None:
         real_root = Path(root).resolve()
         real = parent.resolve()
         if not _inside(real, real_root):
             raise UserError(
-                f"cannot write {path}: {parent} leads outside {root} (to {real}); "
-                "remove that symlink"
+                f"{what}: {parent} leads outside {root} (to {real}); remove that symlink"
             )
     base = _existing_ancestor(parent)
     if not base.is_dir():
-        raise UserError(f"cannot write {path}: {base} is not a directory")
+        raise UserError(f"{what}: {base} is not a directory")
     if root is None and base != parent:
-        raise UserError(f"cannot write {path}: directory {parent} does not exist")
+        raise UserError(f"{what}: directory {parent} does not exist")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: {base} is not writable")
-    return path
+        raise UserError(f"{what}: {base} is not writable")
 
 
 def make_dir(directory: str | Path, root: str | Path | None = None) -> Path:
     """Creates `directory` (checked like a target: inside `root`, writable)."""
     directory = Path(directory)
-    check_target(directory / "x.png", root)
+    check_dir(directory, root)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -89,11 +124,13 @@ def _umask() -> int:
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Calls `write(file)` on a temporary file beside `path`, then renames it to `path`."""
     path = Path(path)
+    _remove_dead_temporaries(path)
     tmp = None
     try:
         with tempfile.NamedTemporaryFile(
-            "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as f:
+            "wb", dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+            delete=False,
+        ) as f:  # fmt: skip
             tmp = Path(f.name)
             write(f)
             f.flush()
@@ -108,6 +145,25 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
         raise UserError(f"cannot write {path}: {why}"[:300]) from None
     return path
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Removes `.<name>.<pid>.*.tmp` files beside `path` whose writer process is gone."""
+    prefix = f".{path.name}."
+    for tmp in glob.glob(glob.escape(str(path.parent / prefix)) + "*.tmp"):
+        pid = Path(tmp).name[len(prefix) :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # Another user's process: alive.
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str, root: str | Path | None = None) -> Path:

@@ -109,16 +109,9 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
 
     rows = rundir.read_jsonl(workdir / rundir.METRICS)
     if not rows:
-        raise UserError(f"{workdir} has no {rundir.METRICS} rows: train first")
+        what = rundir.RunDir(workdir).describe()
+        raise UserError(what or f"{workdir} has no {rundir.METRICS} rows: train first")
     return rows
-
-
-def _read_dict(path: Path, what: str) -> dict[str, Any]:
-    from mnist_jax import rundir
-
-    if not path.is_file():
-        raise UserError(f"{path} not found: {what}")
-    return rundir.read_json(path)
 
 
 def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = None) -> list[Path]:
@@ -130,30 +123,54 @@ def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = No
 
 
 def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple[list[Path], str]:
-    from mnist_jax import data as data_lib, evaluate, report
-    from mnist_jax.rundir import RunDir
+    from mnist_jax.rundir import HOLDER, RunDir
 
     if not workdir.is_dir():
         raise UserError(f"{workdir}: no such run directory")
-    history = read_history(workdir)
-    results = _read_dict(workdir / "results.json", "the run has not finished")
-    if not isinstance(results.get("final"), dict):
-        raise UserError(f"{workdir}/results.json has no final metrics (run unfinished?)")
-    _read_dict(workdir / "config.json", "not a mnist-jax run directory")
-    for name in FIGURES:
-        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
-    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
+    rundir = RunDir(workdir)
+    with rundir:  # A writer: refused while a run trains (or another plot writes) here.
+        results = _finished_results(rundir)
+        history = read_history(workdir)
+        check_run_outputs(workdir)
+        rundir.check_outputs(files=(HOLDER,))
+        return _plot_locked(rundir, history, results, data_overrides)
+
+
+def _finished_results(rundir) -> dict[str, Any]:
+    """results.json of a finished run; otherwise one line saying what the directory holds."""
+    results = rundir.results()
+    if results is None or not isinstance(results.get("final"), dict):
+        what = rundir.describe()
+        if what:
+            raise UserError(f"{what}: nothing to plot")
+        state = "has no final metrics" if results is not None else "has no results.json"
+        raise UserError(f"{rundir.path} {state}: the run has not finished; rerun its command")
+    if rundir.saved_config() is None:
+        raise UserError(rundir.describe())
+    return results
+
+
+def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], str]:
+    from mnist_jax import data as data_lib, evaluate, report
+
+    workdir = rundir.path
     model, params, config = evaluate.restore_model(workdir)
-    used = evaluate.run_data_config(RunDir(workdir), data_overrides)
+    used = evaluate.run_data_config(rundir, data_overrides)
     test, source, location = data_lib.load_test(used)
     scored = f"{len(test):,} test digits of {source} ({location})"
     probs = evaluate.predict_probs(model, params, test.images)
     target = workdir
     if data_overrides:  # Other data: its own folder and scores, never the run's own plots.
         target = workdir / f"scored_on_{source}"
+        outputs.check_dir(target, workdir)
+        if target.is_dir():
+            check_run_outputs(target)
         outputs.check_target(target / report.REPORT_FILE, workdir, text=True)
+        rundir.claim()
         target.mkdir(exist_ok=True)
         results = _rescored(results, test.labels, probs, source, location)
+    else:
+        rundir.claim()
     written = write_run_outputs(
         target,
         config,
@@ -184,14 +201,18 @@ def _rescored(results, labels, probs, source: str, location: str) -> dict[str, A
 def _describe(workdir: Path) -> dict[str, Any]:
     """A run's flattened config with its data.* fields replaced by the data it really used."""
     from mnist_jax import config as config_lib
+    from mnist_jax.rundir import RunDir
 
-    flat = config_lib.flatten(_read_dict(workdir / "config.json", "not a mnist-jax run"))
+    rundir = RunDir(workdir)
+    config = rundir.saved_config()
+    if config is None:
+        raise UserError(rundir.describe())
+    flat = config_lib.flatten(config_lib.to_dict(config))
     flat = {
         k: v for k, v in flat.items() if not k.startswith("data.") or k == "data.validation_size"
     }
-    results_path = workdir / "results.json"
-    if results_path.is_file():
-        results = _read_dict(results_path, "")
+    results = rundir.results()
+    if results is not None:
         source, where = results.get("data_source", "?"), results.get("data_location", "")
         flat["data"] = source if source == "sample" else f"{source} {where}".strip()
     return flat

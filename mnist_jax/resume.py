@@ -44,6 +44,11 @@ def start(
     tag: str = "",
 ) -> Start:
     """Reads `rundir` (locked by the caller) and returns where `config` starts from."""
+    rundir.check_outputs(config)  # Every path the run writes, before any is written.
+    if config.plots:
+        from mnist_jax import plot
+
+        plot.check_run_outputs(rundir.path)
     changed = rundir.check_config(config, allow_change)
     if changed:
         old = optim.structure(rundir.saved_config().optimizer)
@@ -55,10 +60,6 @@ def start(
                 "structure, so it cannot resume even with --allow_config_change; use a new "
                 "--workdir"
             )
-    if config.plots:
-        from mnist_jax import plot
-
-        plot.check_run_outputs(rundir.path)  # Before training, not after.
     finished = rundir.finished()
     rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
     saved, at, skipped = None, None, []

@@ -7,9 +7,11 @@
     <workdir>/checkpoints/     orbax checkpoints (checkpoint.py)
     <workdir>/plots/, report.md, tensorboard/
 
-Guarantees: one process at a time per workdir (an flock on the directory itself, released by
-the kernel when the holder dies, so a killed run's lock is taken over safely); nothing is
-written before `prepare` has checked everything it can read; JSON files are replaced
+Guarantees: one writer at a time per workdir (an flock on the directory itself, released by
+the kernel when the holder dies, so a killed run's lock is taken over safely); every path a
+command will write is checked (`check_outputs`) before any is written; what is read back
+(config.json with the config's own validator, results.json with `results.check`, metrics.jsonl
+row by row) is validated like any input, one UserError naming the file; JSON files are replaced
 atomically; nothing is written through a symlink that leads outside the workdir; on resume
 `metrics.jsonl` is trimmed to exactly the restored step, and a malformed line in it is an error.
 """
@@ -29,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import config as config_lib, outputs
+from mnist_jax import config as config_lib, outputs, results as results_lib
 from mnist_jax.errors import UserError
 
 CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
@@ -38,7 +40,12 @@ CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "eval_results.json",
     "metrics.jsonl",
 )
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS, CORRUPT, TENSORBOARD, SWEEP = (
+    "checkpoints",
+    "corrupt_checkpoints",
+    "tensorboard",
+    "sweep.json",
+)
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
 
 
@@ -52,6 +59,7 @@ def _json_default(x: Any) -> Any:
 
 def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     """Reads a JSON file; an unreadable one, or one not holding a `kind`, is a UserError."""
+    _check_regular(path)
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -68,6 +76,7 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     path = Path(path)
     if not path.exists():
         return []
+    _check_regular(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -95,6 +104,13 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     return rows
 
 
+def _check_regular(path: str | os.PathLike) -> None:
+    """A file to read must be a regular file: a FIFO would block the reader forever."""
+    if not Path(path).is_file():
+        what = "a directory" if Path(path).is_dir() else "not a regular file"
+        raise UserError(f"{path}: {what}, expected a JSON file; move it away")
+
+
 def _is_metrics_row(row: Any) -> bool:
     def number(x: Any) -> bool:
         return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
@@ -103,6 +119,7 @@ def _is_metrics_row(row: Any) -> bool:
         isinstance(row, dict)
         and isinstance(row.get("step"), int)
         and not isinstance(row.get("step"), bool)
+        and row["step"] >= 0
         and row.get("split") in ("train", "validation", "test")
         and all(number(row.get(k)) for k in ("log_loss", "accuracy"))
     )
@@ -115,6 +132,7 @@ class RunDir:
         self.path = Path(workdir)
         self.active = jax.process_index() == 0
         self._lock_fd: int | None = None
+        self._claimed = False
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -150,19 +168,76 @@ class RunDir:
             if (p / name).exists() or (p / name).is_symlink():
                 self.file(name)
 
+    def check_outputs(
+        self,
+        config: ml_collections.ConfigDict | None = None,
+        files: tuple[str, ...] = (),
+        dirs: tuple[str, ...] = (),
+    ) -> None:
+        """Refuses, before anything is written, any path a command will write that cannot be:
+        a directory or FIFO where a file goes, a file where a directory goes, a link out of
+        the workdir, a read-only file or directory. With `config`: every path a run writes but
+        its figures (`plot.check_run_outputs`)."""
+        if config is not None:
+            files += (CONFIG, RESULTS, METRICS, HOLDER)
+            dirs += (CHECKPOINTS, CORRUPT) + ((TENSORBOARD,) if config.tensorboard else ())
+        self.check_writable()
+        for name in files:
+            outputs.check_file(self.file(name), self.path)
+            if self.file(name).is_symlink() and name == METRICS:
+                raise UserError(f"{self.path / name} is a link: rows are appended to a file, "
+                                "never through a link; remove it")  # fmt: skip
+        for name in dirs:
+            outputs.check_dir(self.file(name), self.path)
+
     def check_kind(self, kind: str) -> None:
-        """A single run's directory is not a sweep's, nor the reverse (their files would mix)."""
-        if kind == "run" and (self.path / "sweep.json").exists():
-            raise UserError(f"{self.path} holds a sweep; train a single run in another --workdir")
+        """A single run's directory is not a sweep's (finished or interrupted), nor the
+        reverse (their files would mix)."""
+        members = self.sweep_members()
+        if kind == "run" and members is not None:
+            raise UserError(f"{self.path} holds a sweep ({_listed(members)}); train a single "
+                            "run in another --workdir")  # fmt: skip
         if kind == "sweep" and (self.path / CONFIG).exists():
             raise UserError(f"{self.path} holds a single run; sweep into another --workdir")
 
-    def saved_config(self) -> ml_collections.ConfigDict | None:
-        """The config.json of an earlier command in this workdir, or None."""
-        path = self.file(CONFIG)
-        if not path.exists():
+    def sweep_members(self) -> list[str] | None:
+        """The member directories of a sweep held here (an interrupted sweep has no
+        sweep.json yet, but members that hold a config.json), or None if it holds none."""
+        if not self.path.is_dir() or (self.path / CONFIG).exists():
             return None
-        return config_lib.from_dict(read_json(path), where=str(path))
+        try:
+            members = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+        except OSError as e:
+            raise UserError(f"workdir {self.path} cannot be read: {e.strerror}") from None
+        return members if members or (self.path / SWEEP).exists() else None
+
+    def describe(self) -> str:
+        """What the directory holds, for a message: why there is nothing to read."""
+        members = self.sweep_members()
+        if members is not None:
+            first = self.path / members[0] if members else self.path / "MEMBER"
+            return (f"{self.path} is a sweep directory ({_listed(members)}); "
+                    f"pass one member's directory, e.g. --workdir={first}")  # fmt: skip
+        if not (self.path / CONFIG).exists():
+            return f"{self.path} holds no config.json: not a mnist-jax run directory"
+        diverged = (self.results() or {}).get("diverged")
+        if diverged:
+            return (f"{self.path} is a run that diverged at step {diverged['step']} (see its "
+                    "results.json); lower the learning rate and train again")  # fmt: skip
+        return ""
+
+    def saved_config(self) -> ml_collections.ConfigDict | None:
+        """The config.json of an earlier command in this workdir, or None; checked with the
+        validator of a config given on the command line."""
+        path = self.file(CONFIG)
+        if not path.exists() and not path.is_symlink():
+            return None
+        config = config_lib.from_dict(read_json(path), where=str(path))
+        try:
+            config_lib.validate(config)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        return config
 
     def check_config(self, config: ml_collections.ConfigDict, allow_change: bool) -> list[str]:
         """Refuses to continue a run of a different config (naming the fields), unless
@@ -180,8 +255,11 @@ class RunDir:
         return changed
 
     def results(self, name: str = RESULTS) -> dict[str, Any] | None:
+        """results.json (checked: `results.check`), or None when there is none."""
         path = self.file(name)
-        return read_json(path) if path.exists() else None
+        if not path.exists() and not path.is_symlink():
+            return None
+        return results_lib.check(read_json(path), str(path))
 
     def finished(self) -> dict[str, Any] | None:
         """results.json of a run that finished (has final metrics), else None."""
@@ -207,23 +285,33 @@ class RunDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            holder = self.path / HOLDER
-            who = holder.read_text().strip() if holder.is_file() else "another process"
             raise UserError(
-                f"workdir {self.path} is in use by {who}; wait for it or use another --workdir"
+                f"workdir {self.path} is in use by {self.holder()}; wait for it or use "
+                "another --workdir"
             ) from None
         self._lock_fd = fd
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder file says: 'pid P (host, since T)'."""
+        holder = self.path / HOLDER
+        try:
+            text = holder.read_text()[:200].strip() if holder.is_file() else ""
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return text if text.startswith("pid ") else "another process"
 
     def claim(self) -> None:
         """Says who holds the lock, once the command is known to go on."""
         since = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.write_text(HOLDER, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+        self.write_text(HOLDER, f"pid {os.getpid()} ({socket.gethostname()}, since {since})\n")
+        self._claimed = self.active
 
     def unlock(self) -> None:
         if self._lock_fd is None:
             return
-        if (self.path / HOLDER).is_file():
-            (self.path / HOLDER).unlink()
+        if self._claimed and (self.path / HOLDER).is_file():  # Only ours: a refused command
+            (self.path / HOLDER).unlink()  # leaves a killed holder's stale file alone.
+        self._claimed = False
         os.close(self._lock_fd)  # Closing the descriptor releases the flock.
         self._lock_fd = None
 
@@ -288,6 +376,14 @@ class RunDir:
                 f.write(text)
         except OSError as e:
             raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    if not names:
+        return "no members yet"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    shown = ", ".join(names[:most]) + more
+    return f"members {shown}"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

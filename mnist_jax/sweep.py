@@ -155,8 +155,7 @@ def run_sweep(
     sweep_dir = RunDir(workdir)
     sweep_dir.check_writable()
     sweep_dir.check_kind("sweep")
-    for m in all_members:
-        sweep_dir.file(m.name)  # A member directory that links out of the sweep is refused.
+    _check_outputs(sweep_dir, all_members)
     groups: dict[str, list[driver.Member]] = {}
     for m in all_members:
         groups.setdefault(group_key(m.config), []).append(m)
@@ -169,6 +168,17 @@ def run_sweep(
         _write_tables(rows, sweep_dir)
         plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
     return rows
+
+
+def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
+    """Every path the sweep will write, its members' included, before any is written."""
+    figures = ("sweep.json", "sweep.csv", "sweep.png", "first_layer_by_steps.png")
+    sweep_dir.check_outputs(files=figures, dirs=tuple(m.name for m in all_members))
+    for m in all_members:
+        m.rundir.check_kind("run")
+        m.rundir.check_outputs(m.config)
+        if m.config.plots:
+            plot.check_run_outputs(m.rundir.path)
 
 
 def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0):

@@ -103,17 +103,6 @@ assert not loaded, loaded
 """
 
 
-def snapshot(workdir) -> dict:
-    """Every file under `workdir` with its bytes (links by their target)."""
-    out = {}
-    for p in sorted(workdir.rglob("*")):
-        if p.is_symlink():
-            out[p] = ("link", os.readlink(p))
-        elif p.is_file():
-            out[p] = p.read_bytes()
-    return out
-
-
 def same_params(a, b) -> bool:
     """The latest checkpoints of two run directories hold the same parameters, to the bit."""
     import jax
@@ -173,3 +162,20 @@ def one_error_line(returncode: int, stderr: str) -> str:
     assert len(lines) == 1, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     return lines[0]
+
+
+def snapshot(workdir: Path) -> dict:
+    """Every path under `workdir` with its bytes (links by their target, directories and
+    FIFOs by their kind and mode): equal snapshots mean nothing there changed."""
+    import stat
+
+    out = {}
+    for p in sorted(Path(workdir).rglob("*")):
+        mode = p.lstat().st_mode
+        if p.is_symlink():
+            out[p] = ("link", os.readlink(p))
+        elif stat.S_ISREG(mode):
+            out[p] = (p.read_bytes(), stat.S_IMODE(mode))
+        else:
+            out[p] = (stat.S_IFMT(mode), stat.S_IMODE(mode))
+    return out

@@ -225,7 +225,8 @@ def test_unwritable_workdir_is_one_line(tmp_path, trained):
         (metrics.METRICS_FILE, "[1, 2]\n", "line 1 is not a metrics row"),
         (metrics.METRICS_FILE, "", "has no metrics.jsonl rows"),
         ("config.json", '"a string"', "expected a JSON object"),
-        ("results.json", '{"final": null}', "no final metrics"),
+        ("results.json", '{"final": null}', "results.json: final must be an object"),
+        ("results.json", '{"data_source": "idx"}', "has no final metrics"),
     ],
 )
 def test_malformed_run_files_are_one_line(tmp_path, trained, file, text, fragment):

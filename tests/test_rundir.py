@@ -55,7 +55,7 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
     holder = RunDir(tmp_path / "run")
     holder.lock()
     holder.claim()
-    with pytest.raises(UserError, match=rf"in use by pid {os.getpid()} on .* since"):
+    with pytest.raises(UserError, match=rf"in use by pid {os.getpid()} \(.*, since .*\)"):
         RunDir(tmp_path / "run").lock()
     holder.unlock()
     RunDir(tmp_path / "run").lock()  # Free again.

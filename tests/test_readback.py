@@ -1,0 +1,247 @@
+"""What a run directory holds is input like any other: a crafted or old config.json,
+results.json or metrics.jsonl (fields deleted, retyped, added; files truncated or of the wrong
+JSON type; a config whose model no longer matches the checkpoint) is, for every reader (eval,
+predict, plot, `mj.load_run`), either read or refused in one line naming what is wrong, and a
+refused command changes nothing in the workdir. Found by a search over such directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from mnist_jax import api, config as config_lib, data, evaluate, plot
+from mnist_jax.errors import UserError
+
+from conftest import REPO, one_error_line, small_config, snapshot, train_results
+
+FILES = ("config.json", "results.json", "metrics.jsonl")
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+# Model changes that keep config.json valid but no longer match the checkpoint's arrays.
+MODEL_CHANGES = st.sampled_from(
+    [("hidden_units", [64]), ("hidden_units", [32, 32]), ("name", "linear"), ("name", "cnn")]
+)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, idx_dir):
+    """A finished 60-step run (checkpoints at 20, 40, 60) to craft directories from."""
+    workdir = tmp_path_factory.mktemp("reference")
+    train_results(small_config(idx_dir, "dnn", **{"model.hidden_units": (32,)}), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory, idx_dir):
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(data.load_idx(idx_dir)[1].images[0].reshape(28, 28)).save(path)
+    return path
+
+
+def _paths(obj, prefix=()):
+    """Every key path into nested JSON objects."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield (*prefix, k)
+            yield from _paths(v, (*prefix, k))
+
+
+@st.composite
+def mutations(draw):
+    """(file, a function that changes that file's text)."""
+    file = draw(st.sampled_from(FILES))
+    op = draw(st.sampled_from(["delete", "retype", "extra", "truncate", "whole", "model"]))
+    value, cut, seed = draw(JSON_VALUES), draw(st.floats(0, 1)), draw(st.integers(0, 2**16))
+    model_change = draw(MODEL_CHANGES)
+
+    def change(text: str) -> str:
+        rng = np.random.default_rng(seed)
+        if op == "truncate":
+            return text[: int(cut * (len(text) - 1))]
+        if op == "whole":
+            return json.dumps(value)
+        if file == "metrics.jsonl":
+            lines = text.splitlines()
+            i = int(rng.integers(len(lines)))
+            lines[i] = json.dumps(_edit(json.loads(lines[i]), op, value, rng, model_change))
+            return "\n".join(lines) + "\n"
+        return json.dumps(_edit(json.loads(text), op, value, rng, model_change))
+
+    return file, op, change
+
+
+def _edit(obj, op, value, rng, model_change):
+    if op == "model":
+        if "model" in obj:
+            obj["model"][model_change[0]] = model_change[1]
+        return obj
+    paths = list(_paths(obj))
+    *parent_path, key = paths[int(rng.integers(len(paths)))]
+    parent = obj
+    for k in parent_path:
+        parent = parent[k]
+    if op == "delete":
+        del parent[key]
+    elif op == "retype":
+        parent[key] = value
+    else:
+        parent[f"extra_{key}"] = value
+    return obj
+
+
+def _craft(reference, tmp_path, file, change):
+    workdir = tmp_path / "crafted"
+    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.copytree(reference, workdir)
+    path = workdir / file
+    path.write_text(change(path.read_text()))
+    return workdir
+
+
+def _read(tool, workdir, digit_png):
+    """What each reader does with a run directory (the API behind each command)."""
+    if tool == "load_run":
+        run = api.load_run(workdir)
+        run.summary()
+        run.predict(np.zeros((1, 784), np.uint8))
+    elif tool == "predict":
+        from mnist_jax.images import image_to_mnist
+
+        model, params, _ = evaluate.restore_model(workdir)
+        evaluate.predict_probs(model, params, image_to_mnist(digit_png)[None])
+    elif tool == "eval":
+        evaluate.evaluate_workdir(workdir)
+    else:
+        plot.plot_workdir(workdir)
+
+
+def _valid_config(text: str) -> bool:
+    """Whether the command line's validator takes this config.json (fields it lacks default)."""
+    try:
+        config_lib.validate(config_lib.from_dict(json.loads(text)))
+    except (UserError, ValueError, TypeError):
+        return False
+    return True
+
+
+@settings(max_examples=40)
+@given(mutations(), st.sampled_from(["load_run", "predict", "eval", "plot"]))
+def test_every_reader_reads_or_refuses_a_crafted_run_in_one_line(
+    reference, tmp_path, digit_png, mutation, tool
+):
+    file, op, change = mutation
+    workdir = _craft(reference, tmp_path, file, change)
+    refused = file == "config.json" and not _valid_config((workdir / file).read_text())
+    before = snapshot(workdir)
+    try:
+        _read(tool, workdir, digit_png)
+    except UserError as e:
+        message = str(e)
+        assert "\n" not in message
+        assert any(s in message for s in (file, "checkpoint", "data")), (op, message)
+        assert not refused or "config.json" in message, message
+        assert snapshot(workdir) == before
+        return
+    assert not refused, f"{tool} read a config.json that the command line refuses"
+    if tool in ("load_run", "predict"):
+        assert snapshot(workdir) == before  # Pure readers write nothing.
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "fragment"),
+    [
+        ("config.json", '{"seed": -1}', "config.json: config.seed=-1"),
+        ("config.json", '{"batch_size": 2.5}', "config.batch_size=2.5: must be an integer"),
+        ("config.json", '{"seed": {"a": 1}}', "config.json: unknown config field seed.a"),
+        ("config.json", '{"model": {"widht": 3}}', "unknown config field model.widht"),
+        ("config.json", "[1]", "config.json: expected a JSON object"),
+        ("config.json", '{"sweep": {"a": "b"}}', "config.sweep=ConfigDict: must be a tuple"),
+        ("results.json", '{"final": {"test": {"accuracy": "high"}}}', "final test lacks"),
+        ("results.json", '{"diverged": {"step": "x"}}', "results.json: diverged step must be"),
+        ("results.json", '{"num_classes": 10, "confusion_matrix": [[1]]}', "confusion_matrix"),
+        ("results.json", '{"data_source": "cloud"}', "data_source must be one of"),
+    ],
+)
+def test_named_faults_name_the_file_and_field(reference, tmp_path, file, text, fragment):
+    def change(old: str) -> str:
+        new = json.loads(text)
+        return json.dumps({**json.loads(old), **new} if isinstance(new, dict) else new)
+
+    workdir = _craft(reference, tmp_path, file, change)
+    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        api.load_run(workdir).summary()
+
+
+COMMANDS = {
+    "eval": lambda w, png: ["mnist_jax.main", f"--workdir={w}", "--mode=eval"],
+    "predict": lambda w, png: ["mnist_jax.predict", f"--workdir={w}", str(png)],
+    "plot": lambda w, png: ["mnist_jax.plot", f"--workdir={w}"],
+}
+
+
+@settings(max_examples=6)
+@given(mutations(), st.sampled_from(sorted(COMMANDS)))
+def test_the_commands_read_or_refuse_a_crafted_run_in_one_line(
+    reference, tmp_path, digit_png, mutation, command
+):
+    file, _, change = mutation
+    workdir = _craft(reference, tmp_path, file, change)
+    before = snapshot(workdir)
+    proc = subprocess.run(
+        [sys.executable, "-m", *COMMANDS[command](workdir, digit_png)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if proc.returncode != 0:
+        one_error_line(proc.returncode, proc.stderr)
+        assert snapshot(workdir) == before
+
+
+# ----------------------------------------------------------------- say what the directory is
+
+
+def test_a_sweep_directory_is_named_not_told_to_train_first(reference, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(reference, sweep / "seed=0")  # An interrupted sweep: no sweep.json yet.
+    for read in (api.load_run, evaluate.restore_model, plot.plot_workdir):
+        with pytest.raises(UserError, match=r"is a sweep directory \(members seed=0\)"):
+            read(sweep)
+
+
+def test_a_diverged_run_without_checkpoints_says_it_diverged(reference, tmp_path):
+    workdir = tmp_path / "diverged"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    message = {"step": 7, "message": "non-finite loss at step 7"}
+    (workdir / "results.json").write_text(json.dumps({"diverged": message}))
+    for read in (api.load_run, evaluate.restore_model, plot.plot_workdir):
+        with pytest.raises(UserError, match="diverged at step 7") as e:
+            read(workdir)
+        assert "train first" not in str(e.value)
+
+
+def test_summary_of_an_unfinished_run_says_so(reference, tmp_path):
+    workdir = tmp_path / "unfinished"
+    shutil.copytree(reference, workdir)
+    (workdir / "results.json").unlink()
+    run = api.load_run(workdir)
+    assert "not finished (evaluated up to step 60)" in run.summary()
+    assert "None" not in run.summary()
+    with pytest.raises(UserError, match="not finished"):
+        run.test_accuracy  # noqa: B018
