@@ -9,6 +9,7 @@ The figures themselves are pure functions in `figures.py` (re-exported here).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
 def _read_dict(path: Path, what: str) -> dict[str, Any]:
     from mnist_jax import rundir
 
-    if not path.is_file():
+    if not os.path.lexists(path):  # A FIFO or directory there is named by read_json.
         raise UserError(f"{path} not found: {what}")
     return rundir.read_json(path)
 
@@ -190,9 +191,11 @@ def _describe(workdir: Path) -> dict[str, Any]:
         k: v for k, v in flat.items() if not k.startswith("data.") or k == "data.validation_size"
     }
     results_path = workdir / "results.json"
-    if results_path.is_file():
-        results = _read_dict(results_path, "")
-        source, where = results.get("data_source", "?"), results.get("data_location", "")
+    results = _read_dict(results_path, "") if os.path.lexists(results_path) else {}
+    source, where = results.get("data_source"), results.get("data_location") or ""
+    if not source:  # An unfinished run has not recorded its data: never "data=None".
+        flat["data"] = "not recorded (unfinished)"
+    else:
         flat["data"] = source if source == "sample" else f"{source} {where}".strip()
     return flat
 

@@ -31,6 +31,7 @@ from absl import logging
 
 from mnist_jax import config as config_lib, outputs
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import read_file
 
 CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "config.json",
@@ -39,6 +40,7 @@ CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "metrics.jsonl",
 )
 CHECKPOINTS = "checkpoints"
+MAX_JSON_BYTES = 64 << 20  # The most a run's JSON file may hold (a long run's metrics: ~1 MB).
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
 
 
@@ -53,8 +55,8 @@ def _json_default(x: Any) -> Any:
 def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     """Reads a JSON file; an unreadable one, or one not holding a `kind`, is a UserError."""
     try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = json.loads(read_file(path, MAX_JSON_BYTES, gunzip=False))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable JSON ({e})") from None
     if kind is not None and not isinstance(obj, kind):
         expected = "object" if kind is dict else kind.__name__
@@ -69,8 +71,8 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     if not path.exists():
         return []
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_file(path, MAX_JSON_BYTES, gunzip=False).decode()
+    except UnicodeDecodeError as e:
         raise UserError(f"{path}: unreadable ({e})") from None
     lines = text.split("\n")
     rows = []
