@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import UserError
-from mnist_jax.inputs import check_dir, check_file, open_data, read_file
+from mnist_jax.inputs import CHUNK, check_dir, check_file, open_data, read_file
 
 NUM_PIXELS = 28 * 28
 IDX_IMAGES_MAGIC = 2051
@@ -60,7 +60,6 @@ class Split:
 MAX_EXAMPLES = 1_000_000  # Per IDX file (MNIST: 60,000; EMNIST byclass: 697,932).
 MAX_CSV_BYTES = 256 << 20  # CSV text, after gunzip (MNIST's 60,000-row train CSV: 110 MB).
 IDX_SHAPES = {IDX_IMAGES_MAGIC: (28, 28), IDX_LABELS_MAGIC: ()}  # One example's shape.
-_CHUNK = 16 << 20
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -81,7 +80,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
         body = np.empty(expected, np.uint8)  # Pages are only touched as bytes arrive.
         got = 0
         while got < expected:
-            n = stream.readinto(memoryview(body)[got : got + _CHUNK])
+            n = stream.readinto(memoryview(body)[got : got + CHUNK])
             if not n:
                 _idx_size_error(path, dims, got)
             got += n

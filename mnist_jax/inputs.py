@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 from mnist_jax.errors import UserError
 
+CHUNK = 16 << 20  # Bytes read at a time from a stream.
+
 _KINDS = (
     (stat.S_ISREG, "a regular file"),
     (stat.S_ISDIR, "a directory"),
@@ -133,9 +135,12 @@ def read_file(path: str | os.PathLike, max_bytes: int, gunzip: bool = True) -> b
     path = Path(path)
     if not gunzip:
         with open_file(path, max_bytes) as f:
-            return f.read(max_bytes + 1)
+            return f.read()  # Its size was checked on the open descriptor.
+    chunks, total = [], 0
     with open_data(path, max_bytes) as (stream, _):
-        raw = stream.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise UserError(_too_big(path, max_bytes) + " (after gunzip)")
-    return raw
+        while chunk := stream.read(min(CHUNK, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise UserError(_too_big(path, max_bytes) + " once gunzipped")
+    return b"".join(chunks)

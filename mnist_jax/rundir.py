@@ -68,7 +68,7 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     """Rows of a metrics.jsonl. A last line cut short by a crash (no newline) is dropped; any
     other malformed line is a UserError naming its line number (or skipped if not `strict`)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):  # A broken link is named by read_file, not skipped.
         return []
     try:
         text = read_file(path, MAX_JSON_BYTES, gunzip=False).decode()
