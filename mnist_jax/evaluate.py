@@ -19,6 +19,7 @@ from absl import logging
 
 from mnist_jax import checkpoint, data as data_lib, models, step as step_lib
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import check_dir
 from mnist_jax.rundir import EVAL_RESULTS, RunDir
 from mnist_jax.sharding import Placement
 
@@ -27,10 +28,12 @@ def restore_model(
     workdir: str | os.PathLike, step: int | None = None
 ) -> tuple[Any, Any, ml_collections.ConfigDict]:
     """(model, params, config) of a run's latest (or `step`'s) checkpoint."""
-    rundir = RunDir(workdir)
+    rundir = RunDir(check_dir(workdir, "run directory"))
     config = rundir.saved_config()
     if config is None:
         raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+    if os.path.lexists(rundir.checkpoints):  # A FIFO there is named, not "no checkpoint".
+        check_dir(rundir.checkpoints, "checkpoint directory")
     if not rundir.checkpoints.is_dir():
         raise UserError(f"no checkpoint in {rundir.checkpoints}: train first")
     with checkpoint.Checkpointer(rundir.checkpoints, create=False) as ckpt:

@@ -36,6 +36,7 @@ from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures et
     weights_axes,
     weights_by_steps_figure,
 )
+from mnist_jax.inputs import check_dir
 
 PLOTS_DIR = "plots"
 
@@ -134,8 +135,7 @@ def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple
     from mnist_jax import data as data_lib, evaluate, report
     from mnist_jax.rundir import RunDir
 
-    if not workdir.is_dir():
-        raise UserError(f"{workdir}: no such run directory")
+    check_dir(workdir, "run directory")
     history = read_history(workdir)
     results = _read_dict(workdir / "results.json", "the run has not finished")
     if not isinstance(results.get("final"), dict):

@@ -31,7 +31,7 @@ from absl import logging
 
 from mnist_jax import config as config_lib, outputs
 from mnist_jax.errors import UserError
-from mnist_jax.inputs import read_file
+from mnist_jax.inputs import kind_name, read_file
 
 CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "config.json",
@@ -139,7 +139,7 @@ class RunDir:
         """Refuses a workdir that cannot be created or written, without creating anything."""
         p = self.path
         if p.exists() and not p.is_dir():
-            raise UserError(f"workdir {p} is a file, not a directory")
+            raise UserError(f"workdir {p} is {kind_name(p.stat().st_mode)}, not a directory")
         existing = next((q for q in [p, *p.parents] if q.exists()), None)
         if existing is None or not existing.is_dir():
             raise UserError(f"workdir {p} cannot be created: {existing} is not a directory")
