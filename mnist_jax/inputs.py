@@ -135,7 +135,10 @@ def read_file(path: str | os.PathLike, max_bytes: int, gunzip: bool = True) -> b
     path = Path(path)
     if not gunzip:
         with open_file(path, max_bytes) as f:
-            return f.read()  # Its size was checked on the open descriptor.
+            try:
+                return f.read()  # Its size was checked on the open descriptor.
+            except OSError as e:
+                raise UserError(f"{path}: cannot read ({e.strerror})") from None
     chunks, total = [], 0
     with open_data(path, max_bytes) as (stream, _):
         while chunk := stream.read(min(CHUNK, max_bytes + 1 - total)):

@@ -44,8 +44,8 @@ def _args(idx_dir, workdir, *extra):
     )
 
 
-def _run(args, **kw):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+def _run(args, timeout=300, **kw):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def _one_error_line(proc) -> str:
@@ -248,10 +248,31 @@ def test_mnist_jax_data_dir_that_is_wrong_is_an_error_never_the_sample(tmp_path,
         shutil.copy(idx_dir / "train-images-idx3-ubyte.gz", named)
     workdir = tmp_path / "run"
     args = [sys.executable, "-m", "mnist_jax.main", "--config=dnn", f"--workdir={workdir}"]
-    proc = _run(args, env=dict(os.environ, MNIST_JAX_DATA_DIR=str(named)))
+    proc = _run(args, timeout=120, env=dict(os.environ, MNIST_JAX_DATA_DIR=str(named)))
     line = _one_error_line(proc)
     assert str(named) in line and "$MNIST_JAX_DATA_DIR" in line, line
     assert "sample" not in proc.stderr.lower() and not workdir.exists()
+
+
+@pytest.mark.parametrize("where", ["--config", "train_file", "idx file", "data.dir"])
+def test_a_fifo_named_on_the_command_line_is_named_not_waited_on(tmp_path, idx_dir, where):
+    fifo = make_not_file(tmp_path / "fifo", "fifo")
+    data_dir = tmp_path / "data"
+    shutil.copytree(idx_dir, data_dir)
+    if where == "idx file":
+        (data_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+        make_not_file(data_dir / "t10k-labels-idx1-ubyte.gz", "fifo")
+    workdir = tmp_path / "run"
+    flags = {
+        "--config": [f"--config={fifo}"],
+        "train_file": [f"--config.data.train_file={fifo}", f"--config.data.test_file={fifo}"],
+        "idx file": [f"--config.data.dir={data_dir}"],
+        "data.dir": [f"--config.data.dir={fifo}"],
+    }[where]
+    config = [] if where == "--config" else ["--config=dnn"]
+    args = [sys.executable, "-m", "mnist_jax.main", *config, f"--workdir={workdir}", *flags]
+    line = _one_error_line(_run(args, timeout=120))
+    assert "is a FIFO, not a" in line and not workdir.exists(), line
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +297,8 @@ def test_a_fifo_in_a_crafted_run_directory_is_named_not_waited_on(tmp_path, fini
     with no_hang(60), pytest.raises(UserError, match=f"{path}: is a FIFO, not a regular file"):
         api.load_run(workdir)
     if victim in ("config.json", "checkpoint"):  # And through the real command line.
-        proc = _run([sys.executable, "-m", "mnist_jax.main", f"--workdir={workdir}", "--mode=eval"])
+        args = [sys.executable, "-m", "mnist_jax.main", f"--workdir={workdir}", "--mode=eval"]
+        proc = _run(args, timeout=120)
         assert "is a FIFO, not a regular file" in _one_error_line(proc)
 
 
