@@ -140,7 +140,7 @@ def load_mnist(data_dir: str = "", download: bool = True) -> tuple[Split, Split,
         try:
             return (*load_idx(target), str(target))
         except UserError as e:
-            raise UserError(f"{e} (named by {how})" if how[0] == "$" else str(e)) from None
+            raise UserError(f"{e} (named by {how})" if how.startswith("$") else str(e)) from None
     if not download:
         raise UserError(f"full MNIST not found in {target}")
     logging.info("MNIST not found locally; downloading into %s", target)
