@@ -203,7 +203,7 @@ def _describe(workdir: Path) -> dict[str, Any]:
 def compare(workdirs: list[str | Path], out: str | Path) -> Path:
     """Writes `out` (any matplotlib format): the runs' curves overlaid, each labelled by its
     workdir name and the config fields in which the runs differ."""
-    workdirs = [Path(w) for w in workdirs]
+    workdirs = [check_dir(w, "run directory") for w in workdirs]
     if not workdirs:
         raise UserError("--compare needs at least one run directory")
     out = outputs.check_target(out)

@@ -142,3 +142,34 @@ def test_named_csv_files_are_never_replaced(tmp_path, sample, which, state):
     c.data[which] = str(bad)
     with no_hang(), pytest.raises(UserError, match=str(bad)):
         data.load_train_test(c.data)
+
+
+def _run_dir_readers():
+    from mnist_jax import api, evaluate, plot
+
+    return {
+        "restore_model": evaluate.restore_model,
+        "load_run": api.load_run,
+        "plot": plot.plot_workdir,
+        "compare": lambda w: plot.compare([w], w.parent / "cmp.png"),
+    }
+
+
+@pytest.mark.parametrize("kind", [*NOT_FILES, "missing"])
+@pytest.mark.parametrize("reader", list(_run_dir_readers()))
+def test_every_reader_of_a_run_directory_says_what_it_is(tmp_path, reader, kind):
+    workdir = tmp_path / "run"
+    if kind != "missing":
+        make_not_file(workdir, kind)
+    with no_hang(), pytest.raises(UserError) as e:
+        _run_dir_readers()[reader](workdir)
+    message = str(e.value)
+    assert str(workdir) in message, message
+    if kind == "directory":  # Right kind, but empty: not a run.
+        assert "config.json" in message or "metrics.jsonl" in message, message
+    elif kind == "missing":
+        assert "does not exist" in message, message
+    elif kind == "broken link":
+        assert NOT_FILES[kind] in message, message
+    else:
+        assert NOT_FILES[kind].split(",")[0] + ", not a directory" in message, message
