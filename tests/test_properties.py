@@ -304,3 +304,24 @@ def test_a_gzip_bomb_is_refused_within_a_bounded_memory(tmp_path):
         outcome, peak = _peak_rss_mb(path, "csv" if name == "csv" else "idx", magic)
         assert outcome.startswith("error:") and str(path) in outcome, outcome
         assert peak - baseline < 64, (name, outcome, peak, baseline)
+
+
+@pytest.mark.parametrize("what", ["csv", "predict csv", "json", "idx"])
+def test_an_oversize_file_is_refused_before_it_is_read(tmp_path, what):
+    """A (sparse) file over its cap is refused from its size alone, in no time and memory."""
+    from mnist_jax import predict, rundir
+
+    cap, read = {
+        "csv": (files.MAX_CSV_BYTES, data.read_csv),
+        "predict csv": (files.MAX_CSV_BYTES, predict.read_rows),
+        "json": (rundir.MAX_JSON_BYTES, rundir.read_json),
+        "idx": (0, lambda p: data.read_idx(p, data.IDX_LABELS_MAGIC)),
+    }[what]
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.write(struct.pack(">II", 2049, 10) if what == "idx" else b"1,2\n")
+        f.truncate(cap + (1 << 30))  # A gigabyte more than allowed, all of it a hole.
+    with pytest.raises(UserError) as e:
+        read(path)
+    assert str(path) in str(e.value)
+    assert ("larger than" if what != "idx" else "file holds 1073741") in str(e.value)
