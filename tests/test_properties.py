@@ -243,8 +243,9 @@ def test_any_idx_header_is_checked_before_its_data(
     except UserError as e:
         assert str(path) in str(e) and "\n" not in str(e)
         return
-    assert magic == MAGIC[which] and dims[1:] in ((28, 28), ()) and not trailing
-    assert array.shape == dims and len(body) == promised and not array.any()
+    data_bytes = body + trailing  # What follows the header, exactly as promised.
+    assert magic == MAGIC[which] and dims[1:] in ((28, 28), ()) and len(data_bytes) == promised
+    assert array.shape == dims and array.tobytes() == data_bytes
 
 
 _RSS_SCRIPT = """
