@@ -67,8 +67,15 @@ def as_pixels(images: Any) -> np.ndarray:
     if x.dtype != np.uint8 and x.size:
         if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
             raise UserError("images: pixels must be finite values 0-255")
-        if x.dtype.kind == "f" and x.max() <= 1:
-            raise UserError("images: floats in [0, 1]; pass pixels 0-255 (multiply by 255)")
+        # Floats are pixels 0-255. An image whose brightest pixel is in (0, 1] is scaled to
+        # [0, 1]: refused, not read as black. An all-zero (black) image is the same in both.
+        peak = x.max(axis=1)
+        scaled = np.flatnonzero((peak > 0) & (peak <= 1)) if x.dtype.kind == "f" else []
+        if len(scaled):
+            raise UserError(
+                f"images: image {scaled[0]} has floats in [0, 1]; pass pixels 0-255 "
+                "(multiply by 255)"
+            )
     return np.rint(x).astype(np.uint8)
 
 
@@ -92,8 +99,9 @@ class Run:
 
     def predict(self, images: Any) -> np.ndarray:
         """Class probabilities (n, classes) of MNIST-style images: white digit on black,
-        pixels 0-255 (uint8, or whole-valued ints/floats), shaped (n, 784), (n, 28, 28),
-        (784,) or (28, 28)."""
+        pixels 0-255 (uint8, ints or floats, rounded), shaped (n, 784), (n, 28, 28), (784,)
+        or (28, 28). A float image whose brightest pixel is in (0, 1] is refused as [0, 1]
+        scaled (multiply by 255); an all-zero image is valid (black in either scale)."""
         return evaluate.predict_probs(self.model, self.params, as_pixels(images))
 
     def export(self, path: str | os.PathLike) -> Path:

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import check_tree
 
 STATE, DIGEST = "state", "digest"
 
@@ -66,6 +67,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, create: bool = True):
         self.directory = Path(directory).absolute()
+        if self.directory.is_dir():  # A FIFO in a crafted checkpoint would block orbax.
+            check_tree(self.directory)
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,

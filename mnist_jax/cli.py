@@ -6,6 +6,7 @@ config field) prints one `error: ...` line and exits 1; `--config=dnn` names a s
 a repeated `--config.x=` flag replaces the earlier one (the last wins); the config is complete
 and validated before `fn` runs. SIGINT/SIGTERM print one line and exit 130/143: during start-up
 at once, later after the training loop saved its checkpoint. `--verbosity=1` shows tracebacks.
+A closed stdout (`... | head -1`) ends the command quietly with status 1.
 """
 
 from __future__ import annotations
@@ -95,7 +96,18 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             _exit(128 + e.signum)
         _exit(code)
 
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except BrokenPipeError:  # stdout's reader left early (`| head -1`): exit quietly.
+        _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> None:
+    """Python's documented SIGPIPE practice: point stdout at /dev/null so that the flush at
+    shutdown cannot fail again, and exit 1 without a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
 
 
 def _exit(code: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.fields import CONV_IMPLS, FIELDS, INT32_MAX, VALIDATION_SPLITS
+from mnist_jax.inputs import check_file
 
 # One line per field: the description `describe` and `--show_config` print.
 FIELD_DOCS: dict[str, str] = {f.name: f.doc for f in FIELDS}
@@ -190,9 +192,11 @@ def list_configs() -> list[str]:
 def resolve(name_or_path: str) -> str:
     """A config file's path from a shipped name ('dnn') or a path ('configs/dnn.py')."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        raise UserError(f"config file {name_or_path} is a directory")
-    if path.is_file():
+    if os.path.lexists(path):  # Something is there: it must be a regular file, never a FIFO.
+        try:
+            check_file(path)
+        except UserError as e:
+            raise UserError(f"config file {e}") from None
         return str(path)
     if name_or_path in list_configs():
         return str(configs_dir() / f"{name_or_path}.py")

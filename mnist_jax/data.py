@@ -37,6 +37,7 @@ from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the 
     write_csv as write_csv,
     write_idx as write_idx,
 )
+from mnist_jax.inputs import check_dir
 
 SOURCES = ("auto", "mnist", "idx", "csv", "tfds", "sample")
 
@@ -65,12 +66,23 @@ class Dataset:
 # ----------------------------------------------------------------------------- download
 
 
+def named_mnist_dir(data_dir: str = "") -> tuple[str, str]:
+    """(directory, how it was named) of the full MNIST the user named: config.data.dir, else
+    $MNIST_JAX_DATA_DIR; ("", "") when neither is set. Named data is never replaced."""
+    if data_dir:
+        return data_dir, "config.data.dir"
+    env = os.environ.get("MNIST_JAX_DATA_DIR", "")
+    return (env, "$MNIST_JAX_DATA_DIR") if env else ("", "")
+
+
 def mnist_search_dirs(data_dir: str = "") -> list[Path]:
-    """Where full MNIST is looked for: config.data.dir, $MNIST_JAX_DATA_DIR, the cache dir."""
-    dirs = [data_dir, os.environ.get("MNIST_JAX_DATA_DIR", "")]
-    dirs = [Path(d).expanduser() for d in dirs if d]
+    """Where full MNIST is looked for: the directory named (config.data.dir, else
+    $MNIST_JAX_DATA_DIR) alone, or with nothing named the cache dir."""
+    named, _ = named_mnist_dir(data_dir)
+    if named:
+        return [Path(named).expanduser()]
     cache = os.environ.get("XDG_CACHE_HOME", "~/.cache")
-    return [*dirs, Path(cache).expanduser() / "mnist_jax"]
+    return [Path(cache).expanduser() / "mnist_jax"]
 
 
 def mnist_mirrors() -> tuple[str, ...]:
@@ -117,20 +129,27 @@ def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> N
 
 
 def load_mnist(data_dir: str = "", download: bool = True) -> tuple[Split, Split, str]:
-    """Full MNIST from the first search dir that has it, else downloaded into the last one."""
-    dirs = mnist_search_dirs(data_dir)
-    for d in dirs:
-        if has_idx_files(d):
-            return (*load_idx(d), str(d))
-    if data_dir and Path(data_dir).expanduser().is_dir():
-        # The user named a directory: a partial or misnamed set there is their error to fix.
-        find_idx_file(Path(data_dir).expanduser(), "train-images-idx3-ubyte")
+    """Full MNIST from the named directory (see `named_mnist_dir`), else from the cache dir;
+    with `download`, fetched into that directory when it is missing or empty. Whatever is
+    wrong with a named directory (not a directory, partial, corrupt) is an error naming it."""
+    named, how = named_mnist_dir(data_dir)
+    (target,) = mnist_search_dirs(data_dir)
+    if not named and has_idx_files(target):
+        return (*load_idx(target), str(target))
+    if named and not (download and _missing_or_empty(target)):
+        try:
+            return (*load_idx(target), str(target))
+        except UserError as e:
+            raise UserError(f"{e} (named by {how})" if how.startswith("$") else str(e)) from None
     if not download:
-        raise UserError(f"full MNIST not found in {', '.join(map(str, dirs))}")
-    target = Path(data_dir).expanduser() if data_dir else dirs[-1]
+        raise UserError(f"full MNIST not found in {target}")
     logging.info("MNIST not found locally; downloading into %s", target)
     download_mnist(target)
     return (*load_idx(target), str(target))
+
+
+def _missing_or_empty(directory: Path) -> bool:
+    return not os.path.lexists(directory) or (directory.is_dir() and not any(directory.iterdir()))
 
 
 # ----------------------------------------------------------------------------- sample, tfds
@@ -154,6 +173,8 @@ def load_tfds(name: str, data_dir: str = "", tfds_dir: str | None = None) -> tup
     so that it builds offline; otherwise tfds downloads, and offline we fail before it retries.
     `tfds_dir` is where tfds keeps prepared datasets (default: its own, ~/tensorflow_datasets).
     """
+    if data_dir:  # Named files are checked first, with or without the extra.
+        check_dir(Path(data_dir).expanduser(), "data.dir (tfds's manual_dir)")
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -247,9 +268,7 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
     if source == "auto":
         if data_config.train_file or data_config.test_file:  # CSV files named: read them.
             return load_train_test(_with_source(data_config, "csv"))
-        if data_config.dir:  # Named data: its problems are errors, never a fallback.
-            if not Path(data_config.dir).expanduser().is_dir():
-                raise UserError(f"data directory {data_config.dir} does not exist")
+        if named_mnist_dir(data_config.dir)[0]:  # Named data: errors, never a fallback.
             train, test, where = load_mnist(data_config.dir, download=False)
             return train, test, "mnist", where
         found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
@@ -343,9 +362,7 @@ def load_test(data_config) -> tuple[Split, str, str]:
     the format allows (IDX, CSV): what evaluation of a trained model needs."""
     source = data_config.source
     if source == "idx" and data_config.dir:
-        d = Path(data_config.dir)
-        if not d.is_dir():
-            raise UserError(f"data directory {d} does not exist")
+        d = check_dir(Path(data_config.dir).expanduser())
         test = load_idx_split(
             find_idx_file(d, "t10k-images-idx3-ubyte"), find_idx_file(d, "t10k-labels-idx1-ubyte")
         )

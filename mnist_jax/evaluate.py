@@ -20,6 +20,7 @@ from absl import logging
 
 from mnist_jax import checkpoint, config as config_lib, data as data_lib, models, step as step_lib
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import check_dir
 from mnist_jax.rundir import EVAL_RESULTS, HOLDER, RunDir
 from mnist_jax.sharding import Placement
 
@@ -30,10 +31,12 @@ def restore_model(
     """(model, params, config) of a run's latest (or `step`'s) checkpoint. Reads only, and
     reads a consistent snapshot of a run that is training: a checkpoint that the trainer
     rotates away mid-read is retried on the newest one."""
-    rundir = RunDir(workdir)
+    rundir = RunDir(check_dir(workdir, "run directory"))
     config = rundir.saved_config()
     if config is None:
         raise UserError(rundir.describe())
+    if os.path.lexists(rundir.checkpoints):  # A FIFO there is named, not "no checkpoint".
+        check_dir(rundir.checkpoints, "checkpoint directory")
     if not rundir.checkpoints.is_dir():
         raise UserError(_nothing_to_restore(rundir))
     saved, step = _restore_snapshot(rundir, step)

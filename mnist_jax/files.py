@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import CHUNK, check_dir, check_file, open_data, read_file
 
 NUM_PIXELS = 28 * 28
 IDX_IMAGES_MAGIC = 2051
@@ -51,55 +52,76 @@ class Split:
         return Split(self.images[rows], self.labels[rows])
 
 
+# ----------------------------------------------------------------------------- limits
+
+# What any one input may make us allocate. A header is checked before the data it promises
+# is read, and no more than it promises is read: a small gzip file cannot inflate into
+# gigabytes before it is refused.
+MAX_EXAMPLES = 1_000_000  # Per IDX file (MNIST: 60,000; EMNIST byclass: 697,932).
+MAX_CSV_BYTES = 256 << 20  # CSV text, after gunzip (MNIST's 60,000-row train CSV: 110 MB).
+IDX_SHAPES = {IDX_IMAGES_MAGIC: (28, 28), IDX_LABELS_MAGIC: ()}  # One example's shape.
+
+
 # ----------------------------------------------------------------------------- IDX
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Reads a file, transparently gunzipping it; a bad gzip stream is a UserError."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    if path.suffix == ".gz":
-        raise UserError(f"{path}: named .gz but is not gzip data")
-    return raw
-
-
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
-    """Parses one uint8 IDX file (optionally gzipped), checking its magic number and size."""
+    """Parses one uint8 IDX file (optionally gzipped). The header is read and checked first
+    (magic number, an MNIST-like shape, at most MAX_EXAMPLES), then exactly the bytes it
+    promises; fewer, or any byte after them, is an error."""
     path = Path(path)
-    raw = _read_bytes(path)
-    if raw[:1].isdigit():
+    with open_data(path) as (stream, size):
+        ndim = magic & 0xFF
+        head = stream.read(4 + 4 * ndim)
+        dims = _idx_dims(path, head, magic)
+        expected = math.prod(dims)
+        if size is not None and size - len(head) != expected:
+            _idx_size_error(path, dims, size - len(head))
+        body = np.empty(expected, np.uint8)  # Pages are only touched as bytes arrive.
+        got = 0
+        while got < expected:
+            n = stream.readinto(memoryview(body)[got : got + CHUNK])
+            if not n:
+                _idx_size_error(path, dims, got)
+            got += n
+        if stream.read(1):
+            _idx_size_error(path, dims, f"more than {expected}")
+    return body.reshape(dims)
+
+
+def _idx_dims(path: Path, head: bytes, magic: int) -> tuple[int, ...]:
+    """The shape an IDX header promises, checked against `magic`'s example shape."""
+    if head[:1].isdigit():
         raise UserError(
             f"{path}: looks like a CSV file, expected an IDX file (use data.source=csv)"
         )
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    (found,) = struct.unpack(">I", raw[:4])
+    if len(head) < 4 + 4 * ndim:
+        raise UserError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    (found,) = struct.unpack(">I", head[:4])
     if found != magic:
         raise UserError(
             f"{path}: wrong IDX magic number {found} (expected {magic}: "
             f"{'images' if magic == IDX_IMAGES_MAGIC else 'labels'} file)"
         )
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    shape = IDX_SHAPES.get(magic)
+    if shape is not None and dims[1:] != shape:
+        raise UserError(f"{path}: images are {dims[1:]}, expected 28x28")
+    limit = MAX_EXAMPLES * math.prod(shape if shape is not None else (NUM_PIXELS,))
+    if dims[0] > MAX_EXAMPLES or math.prod(dims) > limit:
         raise UserError(
-            f"{path}: header promises {expected} bytes of data for shape {dims}, "
-            f"file holds {len(raw) - header} (truncated or corrupt)"
+            f"{path}: header promises {dims[0]:,} examples of shape {dims[1:]}; "
+            f"at most {MAX_EXAMPLES:,} are read"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return dims
+
+
+def _idx_size_error(path: Path, dims: tuple[int, ...], held: int | str) -> None:
+    raise UserError(
+        f"{path}: header promises {math.prod(dims)} bytes of data for shape {dims}, "
+        f"file holds {held} (truncated or corrupt)"
+    )
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -111,10 +133,12 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def find_idx_file(directory: Path, stem: str) -> Path:
-    """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`)."""
+    """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`);
+    a candidate that is there but not a regular file (a FIFO, a directory) is an error."""
     names = [stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")]
     for name in names:
-        if (directory / name).is_file():
+        if os.path.lexists(directory / name):
+            check_file(directory / name)
             return directory / name
     raise UserError(f"{directory}: no {stem}[.gz] found (expected the original MNIST IDX files)")
 
@@ -122,9 +146,7 @@ def find_idx_file(directory: Path, stem: str) -> Path:
 def load_idx_split(images_path: Path, labels_path: Path) -> Split:
     """Loads and cross-checks one images/labels pair of IDX files."""
     images = read_idx(images_path, IDX_IMAGES_MAGIC)
-    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
-    if images.shape[1:] != (28, 28):
-        raise UserError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)  # read_idx checked the 28x28 shape.
     if len(images) != len(labels):
         raise UserError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
@@ -149,9 +171,7 @@ def has_idx_files(directory: str | os.PathLike) -> bool:
 
 def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
     """Loads (train, test) from a directory holding the four original IDX files."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"data directory {directory} does not exist")
+    directory = check_dir(directory)
     train = load_idx_split(
         find_idx_file(directory, "train-images-idx3-ubyte"),
         find_idx_file(directory, "train-labels-idx1-ubyte"),
@@ -172,9 +192,7 @@ def read_csv(path: str | os.PathLike, label_column: int = 0) -> Split:
     if not path:
         raise UserError("csv source needs --config.data.train_file and --config.data.test_file")
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    lines = _csv_lines(path, _read_bytes(path))
+    lines = _csv_lines(path, read_file(path, MAX_CSV_BYTES))
     try:
         rows = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError:

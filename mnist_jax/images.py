@@ -23,34 +23,31 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import open_file
 
 MAX_SIDE = 4096  # Largest width and height read (a 4096x4096 image decodes in ~0.5 s).
 _MIN_CONTRAST = 32 / 255  # Ink weaker than this over the background is "no digit".
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully decoded; a missing, unreadable or oversize one is a UserError
-    naming the file."""
+    """Opens an image file fully decoded; a missing, unreadable or oversize one, or a path that
+    is not a regular file (a FIFO, a directory), is a UserError naming the file."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_file(path) as f:  # Never a FIFO: it would block.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 w, h = img.size
                 if w > MAX_SIDE or h > MAX_SIDE:
                     raise UserError(_too_big(path, w, h))
                 img.load()
                 return ImageOps.exif_transpose(img)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
     except Image.DecompressionBombError:
         raise UserError(
             f"{path}: image too large to decode safely; the limit is {_limit()}"
         ) from None
     except UserError:
         raise
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not an image") from None
     except UnidentifiedImageError:
         raise UserError(f"{path}: not a readable image (unknown format)") from None
     except Exception as e:  # Decoders of damaged files raise many types (OSError, zlib...).

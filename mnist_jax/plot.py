@@ -35,6 +35,7 @@ from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures et
     weights_axes,
     weights_by_steps_figure,
 )
+from mnist_jax.inputs import check_dir
 
 PLOTS_DIR = "plots"
 
@@ -125,8 +126,7 @@ def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = No
 def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple[list[Path], str]:
     from mnist_jax.rundir import HOLDER, RunDir
 
-    if not workdir.is_dir():
-        raise UserError(f"{workdir}: no such run directory")
+    check_dir(workdir, "run directory")
     rundir = RunDir(workdir)
     with rundir:  # A writer: refused while a run trains (or another plot writes) here.
         results = _finished_results(rundir)
@@ -212,8 +212,11 @@ def _describe(workdir: Path) -> dict[str, Any]:
         k: v for k, v in flat.items() if not k.startswith("data.") or k == "data.validation_size"
     }
     results = rundir.results()
-    if results is not None:
-        source, where = results.get("data_source", "?"), results.get("data_location", "")
+    source = results.get("data_source") if results else None
+    where = (results or {}).get("data_location") or ""
+    if not source:  # An unfinished run has not recorded its data: never "data=None".
+        flat["data"] = "not recorded (unfinished)"
+    else:
         flat["data"] = source if source == "sample" else f"{source} {where}".strip()
     return flat
 
@@ -221,7 +224,7 @@ def _describe(workdir: Path) -> dict[str, Any]:
 def compare(workdirs: list[str | Path], out: str | Path) -> Path:
     """Writes `out` (any matplotlib format): the runs' curves overlaid, each labelled by its
     workdir name and the config fields in which the runs differ."""
-    workdirs = [Path(w) for w in workdirs]
+    workdirs = [check_dir(w, "run directory") for w in workdirs]
     if not workdirs:
         raise UserError("--compare needs at least one run directory")
     out = outputs.check_target(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax.errors import UserError
 from mnist_jax.images import MAX_SIDE, as_mnist, image_to_mnist  # noqa: F401  (re-exported)
 
@@ -31,14 +32,11 @@ def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(images uint8 (n, 784), labels int32 (n,) or None) from a comma-separated file of
     784 pixels per row, or a label (0-9) and 784 pixels. Rows are numbered from 1."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {'is a directory' if path.is_dir() else 'file not found'}")
+    raw = files.read_file(path, files.MAX_CSV_BYTES)  # Checked, bounded, gunzipped.
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # A UTF-8 byte-order mark is accepted.
+        text = raw.decode("utf-8-sig")  # A UTF-8 byte-order mark is accepted.
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a CSV") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise UserError(f"{path}: empty CSV file")

@@ -33,6 +33,7 @@ from absl import logging
 
 from mnist_jax import config as config_lib, outputs, results as results_lib
 from mnist_jax.errors import UserError
+from mnist_jax.inputs import kind_name, read_file
 
 CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "config.json",
@@ -46,6 +47,7 @@ CHECKPOINTS, CORRUPT, TENSORBOARD, SWEEP = (
     "tensorboard",
     "sweep.json",
 )
+MAX_JSON_BYTES = 64 << 20  # The most a run's JSON file may hold (a long run's metrics: ~1 MB).
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
 
 
@@ -61,8 +63,8 @@ def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     """Reads a JSON file; an unreadable one, or one not holding a `kind`, is a UserError."""
     _check_regular(path)
     try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = json.loads(read_file(path, MAX_JSON_BYTES, gunzip=False))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable JSON ({e})") from None
     if kind is not None and not isinstance(obj, kind):
         expected = "object" if kind is dict else kind.__name__
@@ -74,12 +76,12 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     """Rows of a metrics.jsonl. A last line cut short by a crash (no newline) is dropped; any
     other malformed line is a UserError naming its line number (or skipped if not `strict`)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):  # A broken link is named by read_file, not skipped.
         return []
     _check_regular(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_file(path, MAX_JSON_BYTES, gunzip=False).decode()
+    except UnicodeDecodeError as e:
         raise UserError(f"{path}: unreadable ({e})") from None
     lines = text.split("\n")
     rows = []
@@ -155,7 +157,7 @@ class RunDir:
         """Refuses a workdir that cannot be created or written, without creating anything."""
         p = self.path
         if p.exists() and not p.is_dir():
-            raise UserError(f"workdir {p} is a file, not a directory")
+            raise UserError(f"workdir {p} is {kind_name(p.stat().st_mode)}, not a directory")
         existing = next((q for q in [p, *p.parents] if q.exists()), None)
         if existing is None or not existing.is_dir():
             raise UserError(f"workdir {p} cannot be created: {existing} is not a directory")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +183,54 @@ def snapshot(workdir: Path) -> dict:
         else:
             out[p] = (stat.S_IFMT(mode), stat.S_IMODE(mode))
     return out
+
+
+# ----------------------------------------------------------------------------- not files
+
+# Things a path can be instead of a regular file, and the words a message must use for each.
+NOT_FILES = {
+    "fifo": "is a FIFO, not a regular file",
+    "directory": "is a directory",
+    "socket": "is a socket",
+    "device": "is a character device",
+    "broken link": "is a broken symbolic link",
+}
+
+
+def make_not_file(path: Path, kind: str) -> Path:
+    """Puts a real `kind` (a key of NOT_FILES) at `path`: os.mkfifo, a Unix socket, a link
+    to /dev/null (a character device), a link to nowhere."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "broken link":
+        path.symlink_to(path.parent / "nowhere")
+    elif kind == "socket":  # Bound under a short name (sun_path is ~108 bytes), then moved.
+        short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(short))
+        os.rename(short, path)
+        short.parent.rmdir()
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20):
+    """Fails the test, instead of hanging the suite, when the body blocks for `seconds`
+    (SIGALRM interrupts a blocking open() of a FIFO)."""
+
+    def _alarm(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s (waiting on a FIFO?)")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

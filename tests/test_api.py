@@ -25,8 +25,28 @@ def test_predict_inputs_are_pixels_or_one_clear_error(x):
         return
     assert out.dtype == np.uint8 and out.ndim == 2 and out.shape[1] == 784
     assert x.dtype.kind in "uif" and np.all(np.isfinite(x))
-    if x.size and x.dtype.kind == "f":
-        assert x.max() > 1  # [0, 1] floats are refused, not read as near-black pixels.
+    if x.size and x.dtype.kind == "f":  # [0, 1] floats are refused, not read as near-black;
+        peaks = x.reshape(len(out), -1).max(axis=1)  # an all-black image is valid in both.
+        assert np.all((peaks == 0) | (peaks > 1))
+
+
+@given(
+    black=st.integers(0, 3),
+    scaled=st.sampled_from([None, 1.0, 0.5, 1e-6]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_all_black_float_images_are_valid_and_scaled_ones_are_named(black, scaled, dtype):
+    batch = np.zeros((black + 2, 784), dtype)
+    batch[0, :10] = 255  # One ordinary 0-255 image.
+    if scaled is not None:
+        batch[-1, 100] = scaled  # The last image is [0, 1] scaled.
+    if scaled is None:
+        out = api.as_pixels(batch)
+        assert out.dtype == np.uint8 and not out[1:].any() and out[0, 0] == 255
+    else:
+        with pytest.raises(UserError, match=rf"image {len(batch) - 1} has floats in \[0, 1\]"):
+            api.as_pixels(batch)
+    assert not api.as_pixels(np.zeros((28, 28), dtype)).any()  # One black image.
 
 
 @pytest.mark.parametrize(

@@ -273,6 +273,16 @@ def test_compare_labels_name_the_run_and_the_data_used(tmp_path, trained):
     assert not any("data.dir" in label for label in labels)
 
 
+@pytest.mark.parametrize("results", [None, {}, {"data_source": None, "data_location": None}])
+def test_compare_labels_of_an_unfinished_run_never_say_none(tmp_path, trained, results):
+    other = _copy_run(trained, tmp_path / "unfinished")
+    (other / "results.json").unlink()
+    if results is not None:
+        (other / "results.json").write_text(json.dumps(results))
+    labels = plot.run_labels(["a", "b"], [plot._describe(trained), plot._describe(other)])
+    assert labels[1] == "b: data=not recorded (unfinished)" and "None" not in labels[0]
+
+
 def test_compare_legend_stays_outside_the_axes(in_memory):
     history = in_memory["history"]
     runs = [

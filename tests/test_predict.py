@@ -16,7 +16,7 @@ from PIL import Image
 from mnist_jax import data, evaluate, images
 from mnist_jax.errors import UserError
 
-from conftest import REPO, small_config, train_results
+from conftest import REPO, make_not_file, small_config, train_results
 
 MODES = ("L", "I;16", "RGB", "RGBA", "P", "1")
 
@@ -41,7 +41,7 @@ def digits(idx_dir):
 def _cli(*args, cwd=REPO):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "mnist_jax.predict", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
 
 
 def render(digit: np.ndarray, mode: str, size=(112, 112), offset=(0, 0), canvas=None, dark=False):
@@ -151,7 +151,11 @@ def test_cli_predicts_the_good_files_and_names_each_bad_one(tmp_path, run, digit
         "wide.png": "image is 5000x10 pixels; the limit is 4096x4096",
         "missing.png": "file not found",
         "blank.png": "no digit found",
+        "fifo.png": "is a FIFO, not a regular file",  # A real FIFO: it must not block.
+        "folder.png": "is a directory, not a regular file",
     }
+    make_not_file(tmp_path / "fifo.png", "fifo")
+    make_not_file(tmp_path / "folder.png", "directory")
     (tmp_path / "broken.png").write_text("not an image")
     _png_header_only(tmp_path / "bomb.png", 15000, 15000)
     Image.new("L", (5000, 10)).save(tmp_path / "wide.png")
@@ -234,3 +238,26 @@ def test_arrays_and_pil_images_for_the_python_api(digits):
     assert np.abs(from_pil.astype(int) - from_floats).max() <= 3
     with pytest.raises(UserError, match="shape"):
         images.as_mnist(np.zeros((2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_csv_that_is_not_a_file_is_named_before_anything_is_restored(tmp_path, run, kind):
+    path = make_not_file(tmp_path / "rows.csv", kind)
+    proc = _cli(f"--workdir={run[0]}", f"--csv={path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: {path}: is a {'FIFO' if kind == 'fifo' else 'directory'}" in proc.stderr
+
+
+def test_predictions_piped_into_head_end_quietly(tmp_path, run, digits):
+    """stdout closed before predict writes (as `| head -1` does): exit 1, no traceback."""
+    rows = tmp_path / "rows.csv"
+    data.write_csv(rows, data.Split(digits.images[:200], digits.labels[:200]))
+    read, write = os.pipe()
+    os.close(read)  # The reader has gone: every write gets EPIPE.
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "mnist_jax.predict", f"--workdir={run[0]}", f"--csv={rows}"]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    os.close(write)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "BrokenPipe" not in proc.stderr and "error:" not in proc.stderr

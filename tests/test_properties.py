@@ -11,13 +11,16 @@ from __future__ import annotations
 import gzip
 import math
 import shutil
+import struct
 import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mnist_jax import cli, config as config_lib, data
+from mnist_jax import cli, config as config_lib, data, files
 from mnist_jax.errors import UserError
 
 from conftest import REPO, main_args, one_error_line
@@ -201,3 +204,125 @@ def test_corrupt_named_data_through_the_real_command(tmp_path, idx_dir, how):
     assert str(d) in line
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
     assert keep.read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- headers, bombs
+
+MAGIC = {"images": data.IDX_IMAGES_MAGIC, "labels": data.IDX_LABELS_MAGIC}
+COUNTS = st.one_of(
+    st.integers(0, 4),
+    st.sampled_from([files.MAX_EXAMPLES, files.MAX_EXAMPLES + 1, 2**31, 2**32 - 1]),
+)
+SIDES = st.sampled_from([28, 0, 1, 27, 29, 2**16, 2**32 - 1])
+TRAILING = st.sampled_from([b"", b"\x00", b"junk", gzip.compress(bytes(4096))])
+
+
+@given(
+    which=st.sampled_from(["images", "labels"]),
+    magic=st.sampled_from([2051, 2049, 2050, 0x0D030000, 0x32303531]),
+    count=COUNTS,
+    h=SIDES,
+    w=SIDES,
+    short=st.sampled_from([0, 0, 1, 784]),
+    trailing=TRAILING,
+    gz=st.booleans(),
+)
+def test_any_idx_header_is_checked_before_its_data(
+    tmp_path_factory, which, magic, count, h, w, short, trailing, gz
+):
+    """Whatever a header promises, reading costs at most what it promises of a sane MNIST
+    shape: it loads exactly as promised, or it is one UserError naming the file."""
+    dims = (count, h, w) if which == "images" else (count,)
+    promised = math.prod(dims)
+    body = bytes(max(0, min(promised, 4 * 784) - short))
+    raw = struct.pack(f">I{len(dims)}I", magic, *dims) + body + trailing
+    path = tmp_path_factory.mktemp("idx") / ("x.gz" if gz else "x")
+    path.write_bytes(gzip.compress(raw, 1) if gz else raw)
+    try:
+        array = data.read_idx(path, MAGIC[which])
+    except UserError as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+        return
+    data_bytes = body + trailing  # What follows the header, exactly as promised.
+    assert magic == MAGIC[which] and dims[1:] in ((28, 28), ()) and len(data_bytes) == promised
+    assert array.shape == dims and array.tobytes() == data_bytes
+
+
+_RSS_SCRIPT = """
+import resource, sys
+from mnist_jax import files
+from mnist_jax.errors import UserError
+files.MAX_CSV_BYTES = 8 << 20  # The cap is what bounds a CSV, whatever its value.
+read = {"csv": files.read_csv, "idx": lambda p: files.read_idx(p, int(sys.argv[3]))}
+try:
+    read[sys.argv[2]](sys.argv[1])
+    print("loaded")
+except UserError as e:
+    print("error:", e)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _peak_rss_mb(path, reader, magic=0) -> tuple[str, int]:
+    """(outcome, peak RSS in MB) of reading `path` in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path), reader, str(magic)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome, rss = proc.stdout.strip().splitlines()
+    return outcome, int(rss)
+
+
+def _gzip_bomb(path, head: bytes, zeros: int, unit: bytes = b"\x00") -> int:
+    """`head` then `zeros` bytes of `unit` repeated, gzipped as a stream; returns the size."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = unit * ((16 << 20) // len(unit))
+    with open(path, "wb") as f:
+        f.write(z.compress(head))
+        for _ in range(zeros // len(block)):
+            f.write(z.compress(block))
+        f.write(z.flush())
+    return path.stat().st_size
+
+
+def test_a_gzip_bomb_is_refused_within_a_bounded_memory(tmp_path):
+    """256 MiB of inflated data behind a ~0.3 MB file: refused, and the process never grows
+    by more than a read chunk beyond the promised bytes (the old reader inflated it all)."""
+    small = tmp_path / "small.gz"
+    files.write_idx(small, np.zeros((10, 28, 28), np.uint8))
+    _, baseline = _peak_rss_mb(small, "idx", data.IDX_IMAGES_MAGIC)
+    bombs = {
+        "images": (struct.pack(">IIII", 2051, 10, 28, 28) + bytes(7840), b"\x00", 2051),
+        "labels": (struct.pack(">II", 2049, 10) + bytes(10), b"\x00", 2049),
+        "huge count": (struct.pack(">IIII", 2051, 2**32 - 1, 28, 28), b"\x00", 2051),
+        "csv": (b"", b"0," * 784 + b"0\n", 0),
+    }
+    for name, (head, unit, magic) in bombs.items():
+        path = tmp_path / f"{name}.gz"
+        size = _gzip_bomb(path, head, 256 << 20, unit)
+        assert size < 2 << 20
+        outcome, peak = _peak_rss_mb(path, "csv" if name == "csv" else "idx", magic)
+        assert outcome.startswith("error:") and str(path) in outcome, outcome
+        assert peak - baseline < 64, (name, outcome, peak, baseline)
+
+
+@pytest.mark.parametrize("what", ["csv", "predict csv", "json", "idx"])
+def test_an_oversize_file_is_refused_before_it_is_read(tmp_path, what):
+    """A (sparse) file over its cap is refused from its size alone, in no time and memory."""
+    from mnist_jax import predict, rundir
+
+    cap, read = {
+        "csv": (files.MAX_CSV_BYTES, data.read_csv),
+        "predict csv": (files.MAX_CSV_BYTES, predict.read_rows),
+        "json": (rundir.MAX_JSON_BYTES, rundir.read_json),
+        "idx": (0, lambda p: data.read_idx(p, data.IDX_LABELS_MAGIC)),
+    }[what]
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.write(struct.pack(">II", 2049, 10) if what == "idx" else b"1,2\n")
+        f.truncate(cap + (1 << 30))  # A gigabyte more than allowed, all of it a hole.
+    with pytest.raises(UserError) as e:
+        read(path)
+    assert str(path) in str(e.value)
+    assert ("larger than" if what != "idx" else "file holds 1073741") in str(e.value)

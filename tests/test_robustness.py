@@ -4,18 +4,31 @@ test_data.py, test_cli.py and test_reproducibility.py.)"""
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from mnist_jax import data, evaluate, metrics
+from mnist_jax import api, data, evaluate, metrics
+from mnist_jax.errors import UserError
 
-from conftest import REPO, latest_checkpoint, main_args, metric_rows
+from conftest import (
+    REPO,
+    latest_checkpoint,
+    main_args,
+    make_not_file,
+    metric_rows,
+    no_hang,
+    small_config,
+    train_results,
+)
 
 
 def _args(idx_dir, workdir, *extra):
@@ -31,8 +44,8 @@ def _args(idx_dir, workdir, *extra):
     )
 
 
-def _run(args, **kw):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+def _run(args, timeout=300, **kw):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def _one_error_line(proc) -> str:
@@ -221,3 +234,81 @@ def test_divergence_through_the_cli(tmp_path, idx_dir):
                 "NaN" not in (tmp_path / f).read_text()
                 and "Infinity" not in (tmp_path / f).read_text()
             )
+
+
+# ----------------------------------------------------------------------------- named inputs
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "partial"])
+def test_mnist_jax_data_dir_that_is_wrong_is_an_error_never_the_sample(tmp_path, idx_dir, state):
+    named = tmp_path / "mnist"
+    if state != "missing":
+        named.mkdir()
+    if state == "partial":
+        shutil.copy(idx_dir / "train-images-idx3-ubyte.gz", named)
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "mnist_jax.main", "--config=dnn", f"--workdir={workdir}"]
+    proc = _run(args, timeout=120, env=dict(os.environ, MNIST_JAX_DATA_DIR=str(named)))
+    line = _one_error_line(proc)
+    assert str(named) in line and "$MNIST_JAX_DATA_DIR" in line, line
+    assert "sample" not in proc.stderr.lower() and not workdir.exists()
+
+
+@pytest.mark.parametrize("where", ["--config", "train_file", "idx file", "data.dir"])
+def test_a_fifo_named_on_the_command_line_is_named_not_waited_on(tmp_path, idx_dir, where):
+    fifo = make_not_file(tmp_path / "fifo", "fifo")
+    data_dir = tmp_path / "data"
+    shutil.copytree(idx_dir, data_dir)
+    if where == "idx file":
+        (data_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+        make_not_file(data_dir / "t10k-labels-idx1-ubyte.gz", "fifo")
+    workdir = tmp_path / "run"
+    flags = {
+        "--config": [f"--config={fifo}"],
+        "train_file": [f"--config.data.train_file={fifo}", f"--config.data.test_file={fifo}"],
+        "idx file": [f"--config.data.dir={data_dir}"],
+        "data.dir": [f"--config.data.dir={fifo}"],
+    }[where]
+    config = [] if where == "--config" else ["--config=dnn"]
+    args = [sys.executable, "-m", "mnist_jax.main", *config, f"--workdir={workdir}", *flags]
+    line = _one_error_line(_run(args, timeout=120))
+    assert "is a FIFO, not a" in line and not workdir.exists(), line
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, idx_dir):
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    train_results(small_config(idx_dir, num_steps=20, num_periods=1), workdir)
+    return workdir
+
+
+def _a_checkpoint_file(workdir):
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return next(p for p in sorted((workdir / "checkpoints" / str(step)).rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("victim", ["config.json", "results.json", "metrics.jsonl", "checkpoint"])
+def test_a_fifo_in_a_crafted_run_directory_is_named_not_waited_on(tmp_path, finished, victim):
+    workdir = tmp_path / "crafted"
+    shutil.copytree(finished, workdir)
+    path = _a_checkpoint_file(workdir) if victim == "checkpoint" else workdir / victim
+    path.unlink()
+    make_not_file(path, "fifo")
+    with no_hang(60), pytest.raises(UserError, match=f"{path}: is a FIFO, not a regular file"):
+        api.load_run(workdir)
+    if victim in ("config.json", "checkpoint"):  # And through the real command line.
+        args = [sys.executable, "-m", "mnist_jax.main", f"--workdir={workdir}", "--mode=eval"]
+        proc = _run(args, timeout=120)
+        assert "is a FIFO, not a regular file" in _one_error_line(proc)
+
+
+def test_show_config_into_a_closed_pipe_ends_quietly():
+    """`--show_config | head -1`: the reader leaves early; exit 1, no traceback (Python's
+    documented SIGPIPE practice)."""
+    read, write = os.pipe()
+    os.close(read)
+    args = [sys.executable, "-m", "mnist_jax.main", "--config=dnn", "--show_config"]
+    proc = subprocess.run(args, cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True,
+                          timeout=120)  # fmt: skip
+    os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr[-2000:]
