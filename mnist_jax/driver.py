@@ -100,6 +100,7 @@ def run(
             datasets[m.config.seed] = data_lib.make_dataset(
                 train_full, test, source, location, first.data.validation_size, key,
                 validation_split=first.data.validation_split,
+                class_names=data_lib.class_names(first.data),
             )  # fmt: skip
     timing.data_s = time.time() - t
     num_train = len(datasets[first.seed].train)
