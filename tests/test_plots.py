@@ -15,7 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mnist_jax import data, evaluate, figures, metrics, outputs, plot
+from mnist_jax import data, evaluate, metrics, outputs, plot
 from mnist_jax.errors import UserError
 
 from conftest import REPO, small_config, train_results
@@ -105,7 +105,8 @@ def test_run_figures_are_pure_figure_objects(in_memory):
 
 def test_confusion_from_predictions_equals_the_runs(in_memory):
     probs, labels = in_memory["test_probs"], in_memory["test_labels"]
-    counts = figures.confusion(labels, probs.argmax(1))
+    counts = np.zeros((10, 10), int)
+    np.add.at(counts, (labels, probs.argmax(1)), 1)
     assert counts.tolist() == in_memory["results"]["confusion_matrix"]
     assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()
 
@@ -142,7 +143,7 @@ def test_write_run_outputs_from_memory(tmp_path, in_memory):
 def test_plot_cli_scores_the_runs_own_data(trained, idx_dir):
     proc = _cli("mnist_jax.plot", f"--workdir={trained}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines()[0] == f"scored 300 test digits of idx ({idx_dir})"
+    assert proc.stdout.splitlines()[0] == f"scored 300 test examples of idx ({idx_dir})"
     for png in PNGS:
         _assert_png(trained / "plots" / f"{png}.png")
         assert f"plots/{png}.png" in (trained / "report.md").read_text()
@@ -152,11 +153,11 @@ def test_plot_cli_data_flags_override_the_saved_data(tmp_path, trained):
     run = _copy_run(trained, tmp_path / "run")
     proc = _cli("mnist_jax.plot", f"--workdir={run}", "--config.data.source=sample")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "scored 1,000 test digits of sample" in proc.stdout
+    assert "scored 1,000 test examples of sample" in proc.stdout
     own = run / "report.md"
     before = own.read_bytes() if own.exists() else None
     other = run / "scored_on_sample"
-    assert "Pictures made on 1,000 test digits of sample" in (other / "report.md").read_text()
+    assert "Pictures made on 1,000 test examples of sample" in (other / "report.md").read_text()
     assert (other / "plots" / "confusion_matrix.png").is_file()
     assert (own.read_bytes() if own.exists() else None) == before  # The run's own stay.
     _one_error(
