@@ -126,7 +126,7 @@ def test_first_layer_of_linear_and_conv_kernels(shape, model, title):
 
 
 def test_write_run_outputs_from_memory(tmp_path, in_memory):
-    """What the driver calls after training: five PNGs and report.md, nothing restored."""
+    """What the driver calls after training: every PNG and report.md, nothing restored."""
     written = plot.write_run_outputs(tmp_path, **in_memory)
     assert written == [tmp_path / "plots" / f"{p}.png" for p in PNGS] + [tmp_path / "report.md"]
     for png in PNGS:
