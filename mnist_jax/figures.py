@@ -86,7 +86,7 @@ def reliability_figure(calibration: dict[str, Any], ece: float | None, title: st
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy in bin")
     top.legend(loc="upper left", fontsize=8)
     ece_text = "n/a" if ece is None else f"{ece:.4f}"
-    top.set_title(title or f"Reliability diagram, ECE {ece_text} ({bins} bins)")
+    top.set_title(title or f"Reliability diagram\nECE {ece_text} ({bins} bins)", fontsize=10)
     bottom.bar(centers, calibration["count"], width, color="grey", edgecolor="black")
     bottom.set(xlabel="confidence (top-class probability)", ylabel="examples")
     bottom.set_yscale("symlog")
@@ -227,7 +227,7 @@ def _scored_figures(results: dict[str, Any], n: int) -> dict[str, Figure]:
         bins = results["calibration"]["bins"]
         ece_text = "n/a" if ece is None else f"{ece:.4f}"
         figs["reliability"] = reliability_figure(
-            results["calibration"], ece, f"Reliability diagram, {on}: ECE {ece_text} ({bins} bins)"
+            results["calibration"], ece, f"Reliability diagram, {on}\nECE {ece_text} ({bins} bins)"
         )
     return figs
 

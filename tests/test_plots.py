@@ -314,3 +314,28 @@ def test_tensorboard_scalars_are_written(trained):
     blob = events[0].read_bytes()
     for tag in (b"train/log_loss", b"validation/accuracy", b"train/learning_rate"):
         assert tag in blob
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "emnist_balanced", "emnist_byclass"])
+def test_class_names_label_the_figures_of_any_class_count(name):
+    """Ticks and digit titles carry the set's class names; values are printed on the confusion
+    matrix only while they fit (20 classes), and the figure renders for 62."""
+    from mnist_jax import datasets
+
+    names = list(datasets.get(name).class_names)
+    k = len(names)
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % k
+    probs = rng.dirichlet(np.ones(k), 60)
+    counts = np.zeros((k, k), int)
+    np.add.at(counts, (labels, probs.argmax(1)), 1)
+    results = {"confusion_matrix": counts.tolist(), "class_names": names}
+    digits = rng.integers(0, 256, (60, 784), dtype=np.uint8)
+    figs = plot.run_figures([], results, None, digits, labels, probs)
+    ax = figs["confusion_matrix"].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert (len(ax.texts) == k * k) == (k <= 20)
+    assert _render(figs["confusion_matrix"]).std() > 5
+    title = figs["samples"].axes[0].texts[0].get_text()
+    assert re.fullmatch(r"true (.+) / pred (.+) \([0-9.]+\)", title).group(1) in names
+    plot.close(figs)
