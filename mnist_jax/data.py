@@ -282,9 +282,10 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
         if name != "mnist":  # Found on disk or an error: never downloaded unasked, no sample.
             train, test, where = load_mnist(download=False, name=name)
             return train, test, "mnist", where
-        found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
+        mnist = datasets.get("mnist")
+        found = next((d for d in mnist_search_dirs() if datasets.has_files(mnist, d)), None)
         if found is not None:  # Found data that is broken is an error too.
-            return (*load_idx(found), "mnist", str(found))
+            return (*datasets.load("mnist", found), "mnist", str(found))
         try:
             train, test, where = load_mnist()
             return train, test, "mnist", where
