@@ -146,7 +146,7 @@ def diverged_record(step: int) -> dict[str, Any]:
     return {"step": step, "message": f"non-finite loss at step {step}"}
 
 
-def _dataset_name(data_config, source: str) -> str | None:
+def dataset_name(data_config, source: str) -> str | None:
     """The set a run read: data.name for IDX files, tfds's name, None for CSV and the sample."""
     if source in ("mnist", "idx"):
         return data_config.get("name", "mnist")
@@ -161,7 +161,7 @@ def summarize(config, dataset, plan, state, final, timing: Any, steps: int) -> d
     return {
         "final": {name: scores.scalars(sums) for name, sums in final.items() if sums},
         **scores.details(final["test"], dataset.class_names),
-        "dataset": _dataset_name(config.data, dataset.source),
+        "dataset": dataset_name(config.data, dataset.source),
         "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
         "data_source": dataset.source,
         "data_location": dataset.location,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_jax import outputs, scores
+from mnist_jax import metrics, outputs, scores
 from mnist_jax.errors import UserError
 from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
     FIGURES,
@@ -155,7 +155,8 @@ def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple
         target = workdir / f"scored_on_{source}"
         outputs.check_target(target / report.REPORT_FILE, workdir, text=True)
         target.mkdir(exist_ok=True)
-        results = {**results, **fresh, "data_source": source, "data_location": location}
+        results = {**results, **fresh, "data_source": source, "data_location": location,
+                   "dataset": metrics.dataset_name(used, source)}  # fmt: skip
     else:  # The run's own test set: results.json's numbers, fresh ones where it has none.
         results = {**fresh, **results}
     written = write_run_outputs(

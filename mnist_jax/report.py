@@ -15,8 +15,8 @@ _SECTIONS = (
     ("confusion_matrix", "Confusion matrix (test set)"),
     ("reliability", "Calibration (test set)"),
     ("first_layer_weights", "First-layer weights"),
-    ("samples", "Test digits"),
-    ("mistakes", None),  # Under "Test digits" too.
+    ("samples", "Test examples"),
+    ("mistakes", None),  # Under "Test examples" too.
 )
 
 
@@ -102,7 +102,8 @@ def _per_class_table(r: dict[str, Any]) -> list[str]:
     if not per_class or not names:
         return []
     metrics = [m for m in scores.of_kind(scores.PER_CLASS) if m.name in per_class]
-    counts = r.get("class_counts") or [None] * len(names)
+    matrix = r.get("confusion_matrix")
+    counts = [sum(row) for row in matrix] if matrix else [None] * len(names)
     lines = ["", "## Per class (test set)", ""]
     lines.append("| class | examples | " + " | ".join(m.label for m in metrics) + " |")
     lines.append("|---" * (len(metrics) + 2) + "|")
