@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mnist_jax import config as config_lib, data, datasets
+from mnist_jax import config as config_lib, data, datasets, evaluate
 from mnist_jax.errors import UserError
 
 from conftest import REPO, one_error_line, small_config, train_results
@@ -224,6 +224,18 @@ def test_the_classes_flow_into_model_results_report_and_predict(tmp_path):
     first = proc.stdout.splitlines()[0]
     assert re.match(r"row 1: [A-Z]/[a-z] \(label A/a\)  A/a:[0-9.]+ B/b:", first), first
     assert json.loads((workdir / "config.json").read_text())["data"]["name"] == "emnist_letters"
+    evaluated = evaluate.evaluate_workdir(workdir)  # --mode=eval: the run's own set by name.
+    assert evaluated["class_names"] == names and len(evaluated["per_class"]["recall"]) == 26
+    other = tmp_path / "kmnist"
+    other.mkdir()
+    family_files(other, "kmnist")  # 10 classes: cannot be scored by a 26-class model.
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnist_jax.plot", f"--workdir={workdir}",
+         "--config.data.name=kmnist", f"--config.data.dir={other}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    line = one_error_line(proc.returncode, proc.stderr)
+    assert "the model has 26 classes but the data (kmnist) has 10" in line
 
 
 def test_a_wrong_name_on_the_command_line_is_one_error_line(tmp_path):
