@@ -185,7 +185,7 @@ def find_files(family: Family, directory: str | Path, roles: tuple[int, ...] = (
     if missing:
         others = [f.name for f in FAMILY.values() if f.files != family.files
                   and has_files(f, directory)]  # fmt: skip
-        hint = f"; it holds {' and '.join(others)}: set --config.data.name" if others else ""
+        hint = f"; it holds {' or '.join(others)}: set --config.data.name" if others else ""
         raise UserError(
             f"{directory}: no {', '.join(m + '[.gz]' for m in missing)} found (expected the "
             f"original {family.title} IDX files for data.name={family.name}){hint}"

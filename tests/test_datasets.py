@@ -102,6 +102,11 @@ def test_a_directory_of_another_set_says_which_set_it_holds(tmp_path):
     message = str(e.value)
     assert "no emnist-letters-train-images-idx3-ubyte[.gz]" in message
     assert "it holds emnist_digits: set --config.data.name" in message
+    mnist_named = tmp_path / "mnist_named"
+    mnist_named.mkdir()
+    family_files(mnist_named, "kmnist")  # The names cannot tell MNIST, Fashion, KMNIST apart.
+    with pytest.raises(UserError, match="it holds mnist or fashion_mnist or kmnist: set"):
+        data.load_train_test(data_config(mnist_named, "emnist_mnist"))
 
 
 # Per file: how it is there. Names of another set, or none at all, are "missing".
