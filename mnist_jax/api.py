@@ -132,8 +132,8 @@ class Run:
         )
 
     def figures(self) -> dict[str, Any]:
-        """The run's matplotlib figures, by name: loss, confusion_matrix, first_layer_weights,
-        samples, mistakes (a notebook shows them inline)."""
+        """The run's matplotlib figures, by name: loss, confusion_matrix, reliability,
+        first_layer_weights, samples, mistakes (a notebook shows them inline)."""
         from mnist_jax import plot
 
         name = self.workdir.name

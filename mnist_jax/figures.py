@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 GRID = 25  # Digits shown in samples.png and mistakes.png.
-FIGURES = ("loss", "confusion_matrix", "first_layer_weights", "samples", "mistakes")
+FIGURES = ("loss", "confusion_matrix", "reliability", "first_layer_weights", "samples", "mistakes")
+_VALUES_UP_TO = 20  # Classes up to which the confusion matrix prints its values.
 _SPLITS = (("train", "-"), ("validation", "--"), ("test", ":"))
 
 
@@ -43,27 +44,52 @@ def curves_figure(history: list[dict[str, Any]], title: str = "") -> Figure:
     return fig
 
 
-def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> np.ndarray:
-    """counts[true, predicted]."""
-    flat = np.asarray(labels, np.int64) * num_classes + np.asarray(preds, np.int64)
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def confusion_figure(counts: np.ndarray, title: str = "") -> Figure:
-    """Row-normalised confusion matrix: each row is one true digit and sums to 1."""
+def confusion_figure(counts: np.ndarray, title: str = "", class_names=None) -> Figure:
+    """Row-normalised confusion matrix: each row is one true class and sums to 1; its values
+    are printed for up to _VALUES_UP_TO classes."""
     counts = np.asarray(counts, float)
     normed = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(counts)
-    fig = Figure(figsize=(7, 6), layout="constrained")
+    names = list(class_names) if class_names is not None else [str(k) for k in range(n)]
+    side = 7 if n <= _VALUES_UP_TO else min(7 + 0.12 * n, 14)
+    fig = Figure(figsize=(side, side - 1), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(normed, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
+    for i in range(n if n <= _VALUES_UP_TO else 0):
         for j in range(n):
             color = "white" if normed[i, j] > 0.5 else "black"
             ax.text(j, i, f"{normed[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted label", ylabel="true label")
+    size = 8 if n <= 26 else 6
+    ax.set_xticks(range(n), names, rotation=90 if max(map(len, names), default=0) > 2 else 0,
+                  fontsize=size)  # fmt: skip
+    ax.set_yticks(range(n), names, fontsize=size)
+    ax.set(xlabel="predicted class", ylabel="true class")
     ax.set_title(title or "Confusion matrix (rows normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig
+
+
+def reliability_figure(calibration: dict[str, Any], ece: float | None, title: str = "") -> Figure:
+    """The reliability diagram: accuracy against mean confidence in each confidence bin (a
+    calibrated model lies on the diagonal), and below it how many examples fall in each bin."""
+    bins = int(calibration["bins"])
+    edges = np.linspace(0, 1, bins + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / bins
+    acc = np.array([np.nan if a is None else a for a in calibration["accuracy"]], float)
+    conf = np.array([np.nan if c is None else c for c in calibration["confidence"]], float)
+    fig = Figure(figsize=(6, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.bar(centers, np.nan_to_num(acc), width, edgecolor="black", label="accuracy")
+    top.bar(centers, np.nan_to_num(conf - acc), width, bottom=np.nan_to_num(acc), color="red",
+            alpha=0.3, edgecolor="red", label="gap to mean confidence")  # fmt: skip
+    top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy in bin")
+    top.legend(loc="upper left", fontsize=8)
+    ece_text = "n/a" if ece is None else f"{ece:.4f}"
+    top.set_title(title or f"Reliability diagram\nECE {ece_text} ({bins} bins)", fontsize=10)
+    bottom.bar(centers, calibration["count"], width, color="grey", edgecolor="black")
+    bottom.set(xlabel="confidence (top-class probability)", ylabel="examples")
+    bottom.set_yscale("symlog")
     return fig
 
 
@@ -121,8 +147,10 @@ def first_layer_figure(kernel: np.ndarray, title: str, max_units: int = 100) -> 
     return fig
 
 
-def digits_figure(images, labels, preds, probs, title: str, cols: int = 5) -> Figure:
-    """A grid of digits titled 'true t / pred p (prob)', wrong ones in red."""
+def digits_figure(images, labels, preds, probs, title: str, cols: int = 5, names=None) -> Figure:
+    """A grid of images titled 'true t / pred p (prob)' (class `names`, default the class
+    numbers), wrong ones in red."""
+    name = (lambda k: str(k)) if names is None else (lambda k: names[k])
     n = len(images)
     rows = max(int(np.ceil(n / cols)), 1)
     fig = Figure(figsize=(2 * cols, 2.2 * rows + 0.4), layout="constrained")
@@ -133,8 +161,10 @@ def digits_figure(images, labels, preds, probs, title: str, cols: int = 5) -> Fi
     for k in range(n):
         r, c = divmod(k, cols)
         color = "black" if labels[k] == preds[k] else "red"
-        text = f"true {labels[k]} / pred {preds[k]} ({probs[k]:.2f})"
-        ax.text(c * 29 + 14, r * 29 - 0.8, text, ha="center", fontsize=8, color=color)
+        small = len(name(labels[k])) + len(name(preds[k])) > 6
+        text = f"true {name(labels[k])} / pred {name(preds[k])} ({probs[k]:.2f})"
+        ax.text(c * 29 + 14, r * 29 - 0.8, text, ha="center", fontsize=6 if small else 8,
+                color=color)  # fmt: skip
     fig.suptitle(title)
     return fig
 
@@ -151,21 +181,14 @@ def run_figures(
 ) -> dict[str, Figure]:
     """Every picture of one run, keyed by file stem (see FIGURES); nothing is read or written.
 
-    `history` is metrics.jsonl's rows, `results` results.json's content (for the data named in
-    the titles), `test_probs` the model's class probabilities for `test_images`."""
+    `history` is metrics.jsonl's rows, `results` results.json's content (its confusion matrix,
+    calibration bins and class names; without them those two figures are left out),
+    `test_probs` the model's class probabilities for `test_images`."""
     probs = np.asarray(test_probs)
     labels = np.asarray(test_labels)
     preds, conf = probs.argmax(1), probs.max(1)
-    scored = results.get("data_source", "")
-    figs = {
-        "loss": curves_figure(history, title),
-        "confusion_matrix": confusion_figure(
-            confusion(labels, preds, max(probs.shape[1], 1)),
-            f"Confusion matrix, {len(labels):,} test digits"
-            + (f" ({scored})" if scored else "")
-            + ", rows normalised",
-        ),
-    }
+    names = results.get("class_names") or [str(k) for k in range(probs.shape[1])]
+    figs = {"loss": curves_figure(history, title), **_scored_figures(results, len(labels))}
     if first_layer_kernel is not None:
         what = "per class" if model_name == "linear" else "per unit"
         figs["first_layer_weights"] = first_layer_figure(
@@ -173,9 +196,8 @@ def run_figures(
         )
     rng = np.random.default_rng(0)
     pick = rng.choice(len(labels), min(GRID, len(labels)), replace=False)
-    figs["samples"] = digits_figure(
-        test_images[pick], labels[pick], preds[pick], conf[pick], "Random test digits"
-    )
+    figs["samples"] = digits_figure(test_images[pick], labels[pick], preds[pick], conf[pick],
+                                    "Random test examples", names=names)  # fmt: skip
     wrong = np.flatnonzero(preds != labels)
     worst = wrong[np.argsort(-conf[wrong], kind="stable")][:GRID]
     figs["mistakes"] = digits_figure(
@@ -184,7 +206,29 @@ def run_figures(
         preds[worst],
         conf[worst],
         f"The {len(worst)} most confidently wrong of {len(wrong)} mistakes",
+        names=names,
     )
+    return figs
+
+
+def _scored_figures(results: dict[str, Any], n: int) -> dict[str, Figure]:
+    """The confusion matrix and reliability diagram of results' test scores (in FIGURES
+    order), each where results hold its data."""
+    scored = results.get("data_source", "")
+    on = f"{n:,} test examples" + (f" ({scored})" if scored else "")
+    figs = {}
+    if "confusion_matrix" in results:
+        figs["confusion_matrix"] = confusion_figure(
+            results["confusion_matrix"], f"Confusion matrix, {on}, rows normalised",
+            results.get("class_names"),
+        )  # fmt: skip
+    if "calibration" in results:
+        ece = ((results.get("final") or {}).get("test") or {}).get("ece")
+        bins = results["calibration"]["bins"]
+        ece_text = "n/a" if ece is None else f"{ece:.4f}"
+        figs["reliability"] = reliability_figure(
+            results["calibration"], ece, f"Reliability diagram, {on}\nECE {ece_text} ({bins} bins)"
+        )
     return figs
 
 

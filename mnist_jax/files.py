@@ -143,8 +143,11 @@ def find_idx_file(directory: Path, stem: str) -> Path:
     raise UserError(f"{directory}: no {stem}[.gz] found (expected the original MNIST IDX files)")
 
 
-def load_idx_split(images_path: Path, labels_path: Path) -> Split:
-    """Loads and cross-checks one images/labels pair of IDX files."""
+def load_idx_split(
+    images_path: Path, labels_path: Path, num_classes: int = 10, first_label: int = 0
+) -> Split:
+    """Loads and cross-checks one images/labels pair of IDX files; stored labels run from
+    `first_label` to `first_label + num_classes - 1` and are returned counted from 0."""
     images = read_idx(images_path, IDX_IMAGES_MAGIC)
     labels = read_idx(labels_path, IDX_LABELS_MAGIC)  # read_idx checked the 28x28 shape.
     if len(images) != len(labels):
@@ -153,10 +156,16 @@ def load_idx_split(images_path: Path, labels_path: Path) -> Split:
         )
     if not len(labels):
         raise UserError(f"{labels_path}: holds no examples")
-    bad = np.flatnonzero(labels > 9)
+    last = first_label + num_classes - 1
+    bad = np.flatnonzero((labels < first_label) | (labels > last))
     if bad.size:
-        raise UserError(f"{labels_path}: row {bad[0] + 1} has label {labels[bad[0]]}, expected 0-9")
-    return Split(images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32))
+        raise UserError(
+            f"{labels_path}: row {bad[0] + 1} has label {labels[bad[0]]}, "
+            f"expected {first_label}-{last}"
+        )
+    return Split(
+        images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32) - np.int32(first_label)
+    )
 
 
 def has_idx_files(directory: str | os.PathLike) -> bool:

@@ -1,6 +1,7 @@
 """What a run reports while it trains: metrics.jsonl rows, TensorBoard, the progress bar.
 
-A metrics.jsonl row is {"step", "split", "log_loss", "accuracy", "size", "time_s", ...}:
+A metrics.jsonl row is {"step", "split", <every scalar of `scores.METRICS`: "log_loss",
+"accuracy", "ece">, "size", "time_s", ...}:
 `split` is "train" (a fixed subset of `config.eval_train_examples` training examples, `size`
 of them) or "validation"; `time_s` is seconds since the command started. Only process 0
 writes (`RunDir.active`).
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_jax import config as config_lib, models
+from mnist_jax import config as config_lib, models, scores
 from mnist_jax.rundir import METRICS as METRICS_FILE, RunDir, read_json, read_jsonl
 
 __all__ = ["METRICS_FILE", "MetricWriter", "read_json", "read_jsonl"]  # read_* live in rundir.
@@ -63,11 +64,13 @@ class MetricWriter:
         if self._tb is None:
             return
         step = results["num_steps"]
-        scores = {}
+        hparam_scores = {}
         for split, m in results["final"].items():
-            for k in ("log_loss", "accuracy"):
+            for k in (metric.name for metric in scores.of_kind(scores.SCALAR)):
+                if m.get(k) is None or not math.isfinite(m[k]):
+                    continue
                 self._tb.add_scalar(f"{split}/final_{k}", m[k], step)
-                scores[f"hparam/{split}_{k}"] = m[k]
+                hparam_scores[f"hparam/{split}_{k}"] = m[k]
         flat = config_lib.flatten(config_lib.to_dict(config))
         hparams = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()
@@ -76,9 +79,9 @@ class MetricWriter:
         from tensorboardX.summary import hparams as hparams_summaries
 
         writer = self._tb._get_file_writer()
-        for summary in hparams_summaries(hparams, scores):
+        for summary in hparams_summaries(hparams, hparam_scores):
             writer.add_summary(summary, step)
-        for k, v in scores.items():
+        for k, v in hparam_scores.items():
             self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
@@ -143,18 +146,22 @@ def diverged_record(step: int) -> dict[str, Any]:
     return {"step": step, "message": f"non-finite loss at step {step}"}
 
 
+def dataset_name(data_config, source: str) -> str | None:
+    """The set a run read: data.name for IDX files, tfds's name, None for CSV and the sample."""
+    if source in ("mnist", "idx"):
+        return data_config.get("name", "mnist")
+    return data_config.tfds_name if source == "tfds" else None
+
+
 def summarize(config, dataset, plan, state, final, timing: Any, steps: int) -> dict[str, Any]:
-    """The run summary written to results.json."""
+    """The run summary written to results.json; `final` holds each split's evaluation sums."""
     from importlib.metadata import version
 
     rate = steps * config.batch_size / timing.train_s if timing.train_s else None
     return {
-        "final": {
-            name: {"log_loss": m["log_loss"], "accuracy": m["accuracy"], "size": m["size"]}
-            for name, m in final.items()
-            if m
-        },
-        "confusion_matrix": final["test"]["confusion_matrix"].tolist(),
+        "final": {name: scores.scalars(sums) for name, sums in final.items() if sums},
+        **scores.details(final["test"], dataset.class_names),
+        "dataset": dataset_name(config.data, dataset.source),
         "class_counts": np.bincount(dataset.test.labels, minlength=dataset.num_classes).tolist(),
         "data_source": dataset.source,
         "data_location": dataset.location,
@@ -163,7 +170,7 @@ def summarize(config, dataset, plan, state, final, timing: Any, steps: int) -> d
             "validation": len(dataset.validation),
             "test": len(dataset.test),
         },
-        "num_classes": int(final["test"]["confusion_matrix"].shape[0]),
+        "num_classes": dataset.num_classes,
         "num_params": models.count_params(state.params),
         "num_steps": plan.num_steps,
         "timing": timing.as_dict(),

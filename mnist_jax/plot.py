@@ -15,20 +15,20 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_jax import figures, outputs
+from mnist_jax import metrics, outputs, scores
 from mnist_jax.errors import UserError
 from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
     FIGURES,
     GRID,
     close,
     compare_figure,
-    confusion,
     confusion_figure,
     curves_figure,
     digits_figure,
     first_layer_figure,
     first_layer_kernel,
     log_spaced,
+    reliability_figure,
     run_figures,
     run_labels,
     sweep_figure,
@@ -157,8 +157,10 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
     model, params, config = evaluate.restore_model(workdir)
     used = evaluate.run_data_config(rundir, data_overrides)
     test, source, location = data_lib.load_test(used)
-    scored = f"{len(test):,} test digits of {source} ({location})"
+    names = evaluate.class_names(used, model.num_classes)
+    scored = f"{len(test):,} test examples of {source} ({location})"
     probs = evaluate.predict_probs(model, params, test.images)
+    fresh = scores.rescored(evaluate.split_sums(model, params, test, config.eval_batch_size), names)
     target = workdir
     if data_overrides:  # Other data: its own folder and scores, never the run's own plots.
         target = workdir / f"scored_on_{source}"
@@ -168,9 +170,11 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
         outputs.check_target(target / report.REPORT_FILE, workdir, text=True)
         rundir.claim()
         target.mkdir(exist_ok=True)
-        results = _rescored(results, test.labels, probs, source, location)
-    else:
+        results = {**results, **fresh, "data_source": source, "data_location": location,
+                   "dataset": metrics.dataset_name(used, source)}  # fmt: skip
+    else:  # The run's own test set: results.json's numbers, fresh ones where it has none.
         rundir.claim()
+        results = {**fresh, **results}
     written = write_run_outputs(
         target,
         config,
@@ -183,16 +187,6 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
         scored if data_overrides else "",
     )
     return written, scored
-
-
-def _rescored(results, labels, probs, source: str, location: str) -> dict[str, Any]:
-    """`results` with the test scores, confusion matrix and data of another test set."""
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-30, 1)
-    test = {"accuracy": float(np.mean(probs.argmax(1) == labels)),
-            "log_loss": float(-np.mean(np.log(p))), "size": len(labels)}  # fmt: skip
-    return {**results, "final": {"test": test}, "data_source": source,
-            "data_location": location,
-            "confusion_matrix": figures.confusion(labels, probs.argmax(1)).tolist()}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- compare, sweep

@@ -24,13 +24,16 @@ from mnist_jax.images import MAX_SIDE, as_mnist, image_to_mnist  # noqa: F401  (
 NUM_PIXELS = 784
 
 
-def format_probs(probs: np.ndarray) -> str:
-    return " ".join(f"{k}:{p:.3f}" for k, p in enumerate(probs))
+def format_probs(probs: np.ndarray, names: tuple[str, ...] | None = None) -> str:
+    """'name:probability' of every class (names default to the class numbers)."""
+    names = names or tuple(map(str, range(len(probs))))
+    return " ".join(f"{names[k]}:{p:.3f}" for k, p in enumerate(probs))
 
 
-def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def read_rows(path: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray | None]:
     """(images uint8 (n, 784), labels int32 (n,) or None) from a comma-separated file of
-    784 pixels per row, or a label (0-9) and 784 pixels. Rows are numbered from 1."""
+    784 pixels per row, or a label (a class number, 0 to num_classes - 1) and 784 pixels. Rows
+    are numbered from 1."""
     path = Path(path)
     raw = files.read_file(path, files.MAX_CSV_BYTES)  # Checked, bounded, gunzipped.
     try:
@@ -64,9 +67,12 @@ def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     labels = table[:, 0] if width == NUM_PIXELS + 1 else None
     pixels = table[:, 1:] if labels is not None else table
     if labels is not None:
-        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > 9))
+        top = num_classes - 1
+        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > top))
         if bad.size:
-            raise UserError(f"{path}: row {bad[0] + 1} has label {labels[bad[0]]:g}, expected 0-9")
+            raise UserError(
+                f"{path}: row {bad[0] + 1} has label {labels[bad[0]]:g}, expected 0-{top}"
+            )
     bad_px = np.argwhere(~np.isfinite(pixels) | (pixels != np.round(pixels)))
     bad_px = bad_px if bad_px.size else np.argwhere((pixels < 0) | (pixels > 255))
     if bad_px.size:
@@ -105,22 +111,27 @@ def _show(v):
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from mnist_jax import evaluate
+    from mnist_jax import data as data_lib, evaluate
+    from mnist_jax.rundir import RunDir
 
     f = flags.FLAGS
     paths = argv[1:]
     if not f.workdir or not (paths or f.csv):
         raise UserError("usage: python -m mnist_jax.predict --workdir=RUN IMAGE... | --csv=FILE")
-    csv = read_rows(f.csv) if f.csv else None  # Inputs first: nothing is restored for a typo.
+    config = RunDir(f.workdir).saved_config()
+    num_classes = len(data_lib.class_names(config.data)) if config else 10
+    # Inputs first: nothing is restored for a typo.
+    csv = read_rows(f.csv, num_classes) if f.csv else None
     model, params, saved = evaluate.restore_model(f.workdir)
     _check_config(Path(f.workdir), saved)
+    classes = evaluate.class_names(saved.data, model.num_classes)
     failures = 0
     if csv is not None:
         images, labels = csv
         probs = evaluate.predict_probs(model, params, images)
         for i, p in enumerate(probs):
-            label = "" if labels is None else f" (label {labels[i]})"
-            print(f"row {i + 1}: {p.argmax()}{label}  {format_probs(p)}")
+            label = "" if labels is None else f" (label {classes[labels[i]]})"
+            print(f"row {i + 1}: {classes[p.argmax()]}{label}  {format_probs(p, classes)}")
         if labels is not None:
             accuracy = 100 * np.mean(probs.argmax(1) == labels)
             print(f"accuracy {accuracy:.2f}% on {len(labels):,} labelled rows")
@@ -135,7 +146,7 @@ def main(argv: list[str]) -> int:
     if images:
         probs = evaluate.predict_probs(model, params, np.stack(images))
         for name, p in zip(names, probs, strict=True):
-            print(f"{name}: {p.argmax()}  {format_probs(p)}")
+            print(f"{name}: {classes[p.argmax()]}  {format_probs(p, classes)}")
     return 1 if failures else 0
 
 

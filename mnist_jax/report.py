@@ -7,15 +7,16 @@ from typing import Any
 
 import ml_collections
 
-from mnist_jax import config as config_lib, outputs
+from mnist_jax import config as config_lib, outputs, scores
 
 REPORT_FILE = "report.md"
 _SECTIONS = (
     ("loss", "Curves"),
     ("confusion_matrix", "Confusion matrix (test set)"),
+    ("reliability", "Calibration (test set)"),
     ("first_layer_weights", "First-layer weights"),
-    ("samples", "Test digits"),
-    ("mistakes", None),  # Under "Test digits" too.
+    ("samples", "Test examples"),
+    ("mistakes", None),  # Under "Test examples" too.
 )
 
 
@@ -27,7 +28,7 @@ def write_report(
     scored: str = "",
 ) -> Path:
     """Writes <workdir>/report.md atomically, embedding plots/<name>.png for each name in
-    `figures` (default: all five a run gets). `scored`: the data the pictures were made on,
+    `figures` (default: all a run gets). `scored`: the data the pictures were made on,
     when other than the run's own."""
     workdir = Path(workdir)
     text = report_markdown(workdir.name, config, results, figures, scored)
@@ -51,7 +52,10 @@ def report_markdown(
     if model == "mlp":
         model += f" {tuple(config.model.hidden_units)}"
     lines = [f"# Run report: {name}", ""]
-    lines.append(f"- data: **{r.get('data_source', '?')}** ({r.get('data_location', '')})")
+    data = f"**{r['dataset']}** from " if r.get("dataset") else ""
+    lines.append(f"- data: {data}**{r.get('data_source', '?')}** ({r.get('data_location', '')})")
+    if r.get("class_names"):
+        lines.append(f"- classes: {len(r['class_names'])} ({_clip(', '.join(r['class_names']))})")
     lines.append(f"- model: {model}, {_fmt(r.get('num_params'), ',')} parameters")
     lines.append(f"- steps: {_fmt(r.get('num_steps'), ',')} of batch {config.batch_size}")
     wall = f"- wall time: {_fmt(r.get('wall_time_s'), '.1f')} s"
@@ -64,14 +68,8 @@ def report_markdown(
             f"- devices: {len(r['devices'])} x {r['devices'][0]}"
             f" in {r.get('num_processes', 1)} process(es)"
         )
-    lines += ["", "## Final metrics", "", "| split | examples | log-loss | accuracy |"]
-    lines.append("|---|---|---|---|")
-    for split, m in (r.get("final") or {}).items():
-        acc = m.get("accuracy")
-        acc = "n/a" if acc is None else f"{100 * acc:.2f}%"
-        lines.append(
-            f"| {split} | {_fmt(m.get('size'), ',')} | {_fmt(m.get('log_loss'), '.4f')} | {acc} |"
-        )
+    lines += ["", "## Final metrics", "", *_final_table(r.get("final") or {})]
+    lines += _per_class_table(r)
     lines += ["", "## Config (fields that differ from the defaults)", ""]
     if changed:
         lines += ["| field | value | default |", "|---|---|---|"]
@@ -85,6 +83,44 @@ def report_markdown(
     if scored:
         lines += ["", f"Pictures made on {scored}."]
     return "\n".join(lines) + "\n"
+
+
+def _final_table(final: dict[str, Any]) -> list[str]:
+    """One row per split, one column per scalar metric of the registry."""
+    metrics = scores.of_kind(scores.SCALAR)
+    lines = ["| split | examples | " + " | ".join(m.label for m in metrics) + " |"]
+    lines.append("|---" * (len(metrics) + 2) + "|")
+    for split, values in final.items():
+        cells = [_value(values.get(m.name), m.percent) for m in metrics]
+        lines.append(f"| {split} | {_fmt(values.get('size'), ',')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _per_class_table(r: dict[str, Any]) -> list[str]:
+    """The test split's per-class metrics of the registry, one row per class."""
+    per_class, names = r.get("per_class"), r.get("class_names")
+    if not per_class or not names:
+        return []
+    metrics = [m for m in scores.of_kind(scores.PER_CLASS) if m.name in per_class]
+    matrix = r.get("confusion_matrix")
+    counts = [sum(row) for row in matrix] if matrix else [None] * len(names)
+    lines = ["", "## Per class (test set)", ""]
+    lines.append("| class | examples | " + " | ".join(m.label for m in metrics) + " |")
+    lines.append("|---" * (len(metrics) + 2) + "|")
+    for k, name in enumerate(names):
+        cells = [_value(per_class[m.name][k], m.percent) for m in metrics]
+        lines.append(f"| {name} | {_fmt(counts[k], ',')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _value(x: Any, percent: bool) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.2f}%" if percent else f"{x:.4f}"
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fmt(x: Any, spec: str) -> str:

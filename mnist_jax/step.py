@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mnist_jax import data as data_lib, shuffle
+from mnist_jax import data as data_lib, scores, shuffle
 from mnist_jax.errors import UserError
 from mnist_jax.sharding import Placement
 
@@ -156,28 +156,35 @@ def train_chunk(
 def eval_sums(
     params: Any, images: jax.Array, labels: jax.Array, size: jax.Array, *, model: nn.Module
 ) -> dict[str, jax.Array]:
-    """Summed log-loss, correct count and confusion matrix over the first `size` examples of a
-    split padded to whole batches: images (batches, batch, 784), labels (batches, batch)."""
+    """Summed log-loss, correct count, confusion matrix and calibration bins (example count,
+    summed top-class confidence and correct count per `scores.CALIBRATION_BINS` equal-width
+    confidence bin) over the first `size` examples of a split padded to whole batches: images
+    (batches, batch, 784), labels (batches, batch). `scores` turns them into metrics."""
     num_batches, batch = labels.shape
     valid = (jnp.arange(num_batches * batch) < size).reshape(num_batches, batch)
-    k = model.num_classes
+    bins = scores.CALIBRATION_BINS
 
     def body(totals, xs):
         x, y, w = xs
         logits = model.apply({"params": params}, scale_images(x))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         pred = jnp.argmax(logits, -1)
+        right = w & (pred == y)
+        confidence = jnp.exp(jnp.max(logits, -1) - jax.nn.logsumexp(logits, -1))
+        # Elementwise one-hot sums: no scatter order, no reduced-precision matmul on any backend.
+        in_bin = jax.nn.one_hot(jnp.minimum(confidence * bins, bins - 1).astype(jnp.int32), bins)
+        in_bin = in_bin * w[:, None]
         return {
             "loss_sum": totals["loss_sum"] + jnp.sum(jnp.where(w, loss, 0.0)),
-            "correct": totals["correct"] + jnp.sum(w & (pred == y)),
+            "correct": totals["correct"] + jnp.sum(right),
             "confusion": totals["confusion"].at[y, pred].add(w.astype(jnp.int32)),
+            "bin_count": totals["bin_count"] + jnp.sum(in_bin, 0).astype(jnp.int32),
+            "bin_confidence": totals["bin_confidence"] + jnp.sum(confidence[:, None] * in_bin, 0),
+            "bin_correct": totals["bin_correct"]
+            + jnp.sum(in_bin * right[:, None], 0).astype(jnp.int32),
         }, None
 
-    totals = {
-        "loss_sum": jnp.float32(0),
-        "correct": jnp.int32(0),
-        "confusion": jnp.zeros((k, k), jnp.int32),
-    }
+    totals = jax.tree_util.tree_map(jnp.asarray, scores.zero_sums(model.num_classes, bins))
     totals, _ = jax.lax.scan(body, totals, (images, labels, valid))
     return totals
 

@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import flags, logging
 
-from mnist_jax import cli, config as config_lib, driver, metrics, plot
+from mnist_jax import cli, config as config_lib, driver, metrics, plot, scores
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -204,8 +204,8 @@ def _row(m: driver.Member, results: dict[str, Any]) -> dict[str, Any]:
     row = {"member": m.name, **{k: _plain(v) for k, v in m.overrides.items()}}
     for split in ("train", "validation", "test"):
         final = results.get("final", {}).get(split, {})
-        row[f"{split}_accuracy"] = final.get("accuracy")
-        row[f"{split}_log_loss"] = final.get("log_loss")
+        for metric in scores.of_kind(scores.SCALAR):  # log_loss, accuracy, ece, ...
+            row[f"{split}_{metric.name}"] = final.get(metric.name)
     row["diverged_at_step"] = results.get("diverged", {}).get("step")
     return row
 

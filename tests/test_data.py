@@ -289,3 +289,15 @@ def test_validation_split_last_holds_out_the_last_rows():
     np.testing.assert_array_equal(val, np.arange(15_000, 20_000))
     _, val_r = data.validation_indices(20_000, 5000, key)
     assert len(val_r) == 5000 and not np.array_equal(np.sort(val_r), val)
+
+
+def test_load_idx_split_takes_the_label_range_and_counts_classes_from_0(tmp_path):
+    imgs = _write(tmp_path / "i", struct.pack(">IIII", 2051, 3, 28, 28) + bytes(3 * 784))
+    labels = _write(tmp_path / "l", struct.pack(">II", 2049, 3) + bytes([1, 26, 13]))
+    split = data.load_idx_split(imgs, labels, num_classes=26, first_label=1)
+    assert split.labels.tolist() == [0, 25, 12] and split.labels.dtype == np.int32
+    with pytest.raises(UserError, match="row 2 has label 26, expected 0-9"):
+        data.load_idx_split(imgs, labels)
+    zero = _write(tmp_path / "z", struct.pack(">II", 2049, 3) + bytes([1, 0, 2]))
+    with pytest.raises(UserError, match="row 2 has label 0, expected 1-26"):
+        data.load_idx_split(imgs, zero, num_classes=26, first_label=1)

@@ -15,7 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mnist_jax import data, evaluate, figures, metrics, outputs, plot
+from mnist_jax import data, evaluate, metrics, outputs, plot
 from mnist_jax.errors import UserError
 
 from conftest import REPO, small_config, train_results
@@ -105,7 +105,8 @@ def test_run_figures_are_pure_figure_objects(in_memory):
 
 def test_confusion_from_predictions_equals_the_runs(in_memory):
     probs, labels = in_memory["test_probs"], in_memory["test_labels"]
-    counts = figures.confusion(labels, probs.argmax(1))
+    counts = np.zeros((10, 10), int)
+    np.add.at(counts, (labels, probs.argmax(1)), 1)
     assert counts.tolist() == in_memory["results"]["confusion_matrix"]
     assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()
 
@@ -125,7 +126,7 @@ def test_first_layer_of_linear_and_conv_kernels(shape, model, title):
 
 
 def test_write_run_outputs_from_memory(tmp_path, in_memory):
-    """What the driver calls after training: five PNGs and report.md, nothing restored."""
+    """What the driver calls after training: every PNG and report.md, nothing restored."""
     written = plot.write_run_outputs(tmp_path, **in_memory)
     assert written == [tmp_path / "plots" / f"{p}.png" for p in PNGS] + [tmp_path / "report.md"]
     for png in PNGS:
@@ -142,7 +143,7 @@ def test_write_run_outputs_from_memory(tmp_path, in_memory):
 def test_plot_cli_scores_the_runs_own_data(trained, idx_dir):
     proc = _cli("mnist_jax.plot", f"--workdir={trained}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines()[0] == f"scored 300 test digits of idx ({idx_dir})"
+    assert proc.stdout.splitlines()[0] == f"scored 300 test examples of idx ({idx_dir})"
     for png in PNGS:
         _assert_png(trained / "plots" / f"{png}.png")
         assert f"plots/{png}.png" in (trained / "report.md").read_text()
@@ -152,11 +153,11 @@ def test_plot_cli_data_flags_override_the_saved_data(tmp_path, trained):
     run = _copy_run(trained, tmp_path / "run")
     proc = _cli("mnist_jax.plot", f"--workdir={run}", "--config.data.source=sample")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "scored 1,000 test digits of sample" in proc.stdout
+    assert "scored 1,000 test examples of sample" in proc.stdout
     own = run / "report.md"
     before = own.read_bytes() if own.exists() else None
     other = run / "scored_on_sample"
-    assert "Pictures made on 1,000 test digits of sample" in (other / "report.md").read_text()
+    assert "Pictures made on 1,000 test examples of sample" in (other / "report.md").read_text()
     assert (other / "plots" / "confusion_matrix.png").is_file()
     assert (own.read_bytes() if own.exists() else None) == before  # The run's own stay.
     _one_error(
@@ -324,3 +325,28 @@ def test_tensorboard_scalars_are_written(trained):
     blob = events[0].read_bytes()
     for tag in (b"train/log_loss", b"validation/accuracy", b"train/learning_rate"):
         assert tag in blob
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "emnist_balanced", "emnist_byclass"])
+def test_class_names_label_the_figures_of_any_class_count(name):
+    """Ticks and digit titles carry the set's class names; values are printed on the confusion
+    matrix only while they fit (20 classes), and the figure renders for 62."""
+    from mnist_jax import datasets
+
+    names = list(datasets.get(name).class_names)
+    k = len(names)
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % k
+    probs = rng.dirichlet(np.ones(k), 60)
+    counts = np.zeros((k, k), int)
+    np.add.at(counts, (labels, probs.argmax(1)), 1)
+    results = {"confusion_matrix": counts.tolist(), "class_names": names}
+    digits = rng.integers(0, 256, (60, 784), dtype=np.uint8)
+    figs = plot.run_figures([], results, None, digits, labels, probs)
+    ax = figs["confusion_matrix"].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert (len(ax.texts) == k * k) == (k <= 20)
+    assert _render(figs["confusion_matrix"]).std() > 5
+    title = figs["samples"].axes[0].texts[0].get_text()
+    assert re.fullmatch(r"true (.+) / pred (.+) \([0-9.]+\)", title).group(1) in names
+    plot.close(figs)

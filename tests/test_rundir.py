@@ -225,6 +225,6 @@ def test_nothing_is_written_through_a_link_out_of_the_workdir(tmp_path, config, 
 def test_eval_uses_the_runs_own_data(reference, capsys):
     result = evaluate.evaluate_workdir(reference)
     assert result["data_source"] == "idx" and result["test"]["size"] == 300
-    assert "on 300 digits of idx" in capsys.readouterr().out
+    assert "on 300 examples of idx" in capsys.readouterr().out
     other = evaluate.evaluate_workdir(reference, {"source": "sample", "dir": ""})
     assert other["data_source"] == "sample" and other["test"]["size"] == 1000
