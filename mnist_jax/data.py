@@ -30,8 +30,6 @@ from mnist_jax.files import (  # Re-exported: data.read_idx and friends are the 
     MNIST_FILES as MNIST_FILES,
     NUM_PIXELS as NUM_PIXELS,
     Split as Split,
-    has_idx_files as has_idx_files,
-    load_idx as load_idx,
     load_idx_split as load_idx_split,
     read_csv as read_csv,
     read_idx as read_idx,
@@ -145,6 +143,11 @@ def download_mnist(
                 + (" or $MNIST_JAX_DATA_DIR" if family.name == "mnist" else "")
                 + " at them"
             )
+
+
+def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
+    """(train, test) of MNIST from the four original IDX files in `directory`."""
+    return datasets.load("mnist", directory)
 
 
 def load_mnist(

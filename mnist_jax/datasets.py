@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import UserError
-from mnist_jax.files import MNIST_FILES, Split, find_idx_file, load_idx_split
+from mnist_jax.files import MNIST_FILES, Split, load_idx_split, locate_idx_file
 from mnist_jax.inputs import check_dir
 
 DIGITS = tuple(string.digits)
@@ -161,13 +161,7 @@ def get(name: str) -> Family:
 
 def _present(family: Family, directory: Path) -> list[Path | None]:
     """Each of the four files found in `directory` (None where missing)."""
-    found: list[Path | None] = []
-    for stem in family.files:
-        try:
-            found.append(find_idx_file(directory, stem))
-        except UserError:
-            found.append(None)
-    return found
+    return [locate_idx_file(directory, stem) for stem in family.files]
 
 
 def has_files(family: Family, directory: str | Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import UserError
-from mnist_jax.inputs import CHUNK, check_dir, check_file, open_data, read_file
+from mnist_jax.inputs import CHUNK, check_file, open_data, read_file
 
 NUM_PIXELS = 28 * 28
 IDX_IMAGES_MAGIC = 2051
@@ -132,15 +132,15 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
 
 
-def find_idx_file(directory: Path, stem: str) -> Path:
-    """Finds `stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`);
-    a candidate that is there but not a regular file (a FIFO, a directory) is an error."""
+def locate_idx_file(directory: Path, stem: str) -> Path | None:
+    """`stem` or `stem.gz` in `directory` (also the dotted `train-images.idx3-ubyte`), None if
+    absent; a candidate that is there but not a regular file (a FIFO, a directory) is an error."""
     names = [stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")]
     for name in names:
         if os.path.lexists(directory / name):
             check_file(directory / name)
             return directory / name
-    raise UserError(f"{directory}: no {stem}[.gz] found (expected the original MNIST IDX files)")
+    return None
 
 
 def load_idx_split(
@@ -166,30 +166,6 @@ def load_idx_split(
     return Split(
         images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32) - np.int32(first_label)
     )
-
-
-def has_idx_files(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds all four MNIST IDX files."""
-    try:
-        for stem in MNIST_FILES:
-            find_idx_file(Path(directory), stem.removesuffix(".gz"))
-    except UserError:
-        return False
-    return True
-
-
-def load_idx(directory: str | os.PathLike) -> tuple[Split, Split]:
-    """Loads (train, test) from a directory holding the four original IDX files."""
-    directory = check_dir(directory)
-    train = load_idx_split(
-        find_idx_file(directory, "train-images-idx3-ubyte"),
-        find_idx_file(directory, "train-labels-idx1-ubyte"),
-    )
-    test = load_idx_split(
-        find_idx_file(directory, "t10k-images-idx3-ubyte"),
-        find_idx_file(directory, "t10k-labels-idx1-ubyte"),
-    )
-    return train, test
 
 
 # ----------------------------------------------------------------------------- CSV

@@ -61,7 +61,6 @@ def _json_default(x: Any) -> Any:
 
 def read_json(path: str | os.PathLike, kind: type = dict) -> Any:
     """Reads a JSON file; an unreadable one, or one not holding a `kind`, is a UserError."""
-    _check_regular(path)
     try:
         obj = json.loads(read_file(path, MAX_JSON_BYTES, gunzip=False))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -78,7 +77,6 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
     path = Path(path)
     if not os.path.lexists(path):  # A broken link is named by read_file, not skipped.
         return []
-    _check_regular(path)
     try:
         text = read_file(path, MAX_JSON_BYTES, gunzip=False).decode()
     except UnicodeDecodeError as e:
@@ -104,13 +102,6 @@ def read_jsonl(path: str | os.PathLike, strict: bool = True) -> list[dict[str, A
             continue
         rows.append(row)
     return rows
-
-
-def _check_regular(path: str | os.PathLike) -> None:
-    """A file to read must be a regular file: a FIFO would block the reader forever."""
-    if not Path(path).is_file():
-        what = "a directory" if Path(path).is_dir() else "not a regular file"
-        raise UserError(f"{path}: {what}, expected a JSON file; move it away")
 
 
 def _is_metrics_row(row: Any) -> bool:

@@ -274,7 +274,7 @@ def test_compare_labels_name_the_run_and_the_data_used(tmp_path, trained):
     assert not any("data.dir" in label for label in labels)
 
 
-@pytest.mark.parametrize("results", [None, {}, {"data_source": None, "data_location": None}])
+@pytest.mark.parametrize("results", [None, {}])
 def test_compare_labels_of_an_unfinished_run_never_say_none(tmp_path, trained, results):
     other = _copy_run(trained, tmp_path / "unfinished")
     (other / "results.json").unlink()
