@@ -8,7 +8,8 @@
     <workdir>/plots/, report.md, tensorboard/
 
 Guarantees: one process at a time per workdir (an flock on the directory itself, released by
-the kernel when the holder dies, so a killed run's lock is taken over safely); nothing is
+the kernel when the holder dies, so a killed run's lock is taken over safely; a sweep's
+shards share their sweep directory's lock and each locks the members it trains); nothing is
 written before `prepare` has checked everything it can read; JSON files are replaced
 atomically; nothing is written through a symlink that leads outside the workdir; on resume
 `metrics.jsonl` is trimmed to exactly the restored step, and a malformed line in it is an error.
@@ -16,11 +17,13 @@ atomically; nothing is written through a symlink that leads outside the workdir;
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
 )
 CHECKPOINTS = "checkpoints"
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
+TABLES_LOCK = ".tables.lock"  # Taken in turn by a sweep's shards to write its tables.
 
 
 def _json_default(x: Any) -> Any:
@@ -194,8 +198,10 @@ class RunDir:
 
     # -- the lock ------------------------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Creates the workdir and takes its exclusive lock; a second process is refused."""
+    def lock(self, shared: bool = False) -> None:
+        """Creates the workdir and takes its exclusive lock; a second process is refused.
+        `shared` (a sweep's own directory): other shared holders may hold it too (the shards
+        of one sweep), an exclusive one may not (a run, an eval), nor the reverse."""
         if not self.active or self._lock_fd is not None:
             return
         try:
@@ -204,7 +210,7 @@ class RunDir:
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be created: {e.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             holder = self.path / HOLDER
@@ -226,6 +232,20 @@ class RunDir:
             (self.path / HOLDER).unlink()
         os.close(self._lock_fd)  # Closing the descriptor releases the flock.
         self._lock_fd = None
+
+    @contextlib.contextmanager
+    def serialized(self, name: str = TABLES_LOCK) -> Iterator[None]:
+        """Waits for, then holds, the exclusive lock of `workdir/name` (created): the holders
+        of a shared lock take turns in what they read and rewrite together."""
+        if not self.active:
+            yield
+            return
+        fd = os.open(self.file(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> RunDir:
         self.lock()

@@ -56,8 +56,12 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
             v = float(v)
         if kind is tuple and isinstance(v, int):
             v = (v,)
-        if not isinstance(v, kind):
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
             raise UserError(f"--sweep {field}={text}: {v!r} is not a {kind.__name__}")
+        if kind is float and v == 0:
+            v = 0.0  # -0.0 is 0.0: one member, named 0.0.
+        if v in out:  # Equal as the field's type (0.1 and 0.10, 1 and 1.0, -0.0 and 0).
+            raise UserError(f"--sweep {field}={text}: {v!r} is given twice; list each value once")
         out.append(v)
     return out
 
@@ -140,14 +144,14 @@ def run_sweep(
     *,
     progress: bool | None = None,
     fallback_checkpoint: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
-    """Trains every member through the run driver (each resumes from its own checkpoint),
-    writes each one's single-run outputs, and the sweep's tables and figure."""
-    from mnist_jax import api
-
+    """Trains this `shard` (index, count) of the members, every member by default, through
+    the run driver (each resumes from its own checkpoint) and writes each one's single-run
+    outputs; then the sweep's tables and figure of every member finished so far, by any shard."""
     t0 = time.time()
     metrics.T0 = t0
-    api.enable_compilation_cache()
+    index, count = check_shard(shard)
     workdir = Path(workdir)
     all_members = members(config, specs, workdir)
     if len({m.name for m in all_members}) != len(all_members):
@@ -157,25 +161,46 @@ def run_sweep(
     sweep_dir.check_kind("sweep")
     for m in all_members:
         sweep_dir.file(m.name)  # A member directory that links out of the sweep is refused.
+        m.rundir.check_config(m.config, allow_change=False)  # Before any member trains.
+    mine = all_members[index::count]
     groups: dict[str, list[driver.Member]] = {}
-    for m in all_members:
+    for m in mine:
         groups.setdefault(group_key(m.config), []).append(m)
-    logging.info("sweep: %d members in %d group(s)", len(all_members), len(groups))
-    with sweep_dir:  # One sweep (or run) at a time in this directory; each member locks too.
-        rows, kernels = _train_groups(
-            groups, max_parallel, vectorize, progress, fallback_checkpoint, t0
-        )
-        rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
-        _write_tables(rows, sweep_dir)
-        plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
+    part = f" (shard {index}/{count} of {len(all_members)})" if count > 1 else ""
+    logging.info("sweep: %d members%s in %d group(s)", len(mine), part, len(groups))
+    sweep_dir.lock(shared=True)  # Shards of a sweep train at once; a single run is kept out.
+    try:
+        kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
+        with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
+            rows = _table(all_members)
+            if rows:
+                _write_tables(rows, sweep_dir)
+                fields = [f.split("=")[0] for f in specs]
+                plot.plot_sweep(rows, workdir, fields, kernels=kernels)
+    finally:
+        sweep_dir.unlock()
+    if len(rows) < len(all_members):
+        logging.info("sweep.csv: %d of %d members finished; the other shards train the rest",
+                     len(rows), len(all_members))  # fmt: skip
     return rows
 
 
+def check_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """'I/N' or (I, N) with integers 0 <= I < N; anything else is a one-line UserError."""
+    text = shard if isinstance(shard, str) else "/".join(map(str, shard))
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text)
+    index, count = (int(match[1]), int(match[2])) if match else (-1, 0)
+    if not 0 <= index < count:
+        raise UserError(f"--shard={text}: expected I/N, integers with 0 <= I < N (e.g. 0/4)")
+    return index, count
+
+
 def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0):
-    """Each group through the driver; (table rows, each member's first-layer kernel)."""
+    """Each group through the driver; each trained member's first-layer kernel."""
     from mnist_jax import api
 
-    rows, cache, kernels = [], {}, {}
+    api.enable_compilation_cache()
+    cache, kernels = {}, {}
     for group in groups.values():
         for i in range(0, len(group), max_parallel):
             outcomes = driver.run(
@@ -184,10 +209,20 @@ def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint
             )  # fmt: skip
             for outcome in outcomes:
                 run = api.finish(outcome, t0)
-                rows.append(_row(outcome.member, outcome.results))
                 if run.params is not None:
                     kernels[outcome.member.name] = plot.first_layer_kernel(run.params)
-    return rows, kernels
+    return kernels
+
+
+def _table(all_members: list[driver.Member]) -> list[dict[str, Any]]:
+    """The rows of the members finished or diverged (by any process), best first."""
+    rows = []
+    for m in all_members:
+        results = m.rundir.results() or {}
+        if m.rundir.finished() or "diverged" in results:
+            rows.append(_row(m, results))
+    rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
+    return rows
 
 
 def _row(m: driver.Member, results: dict[str, Any]) -> dict[str, Any]:
@@ -232,9 +267,10 @@ def main(argv: list[str]) -> None:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
+    shard = (0, 1) if f.shard is None else check_shard(f.shard)
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
-        fallback_checkpoint=f.fallback_checkpoint,
+        fallback_checkpoint=f.fallback_checkpoint, shard=shard,
     )  # fmt: skip
     for row in rows:
         acc = row["validation_accuracy"]
@@ -250,5 +286,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_parallel", 32, "Members trained at once in one vmapped program.")
     flags.DEFINE_string("vectorize", "auto", "vmap, map, or auto (map on CPU, else vmap).")
     flags.DEFINE_bool("fallback_checkpoint", False, "Resume from an older intact checkpoint.")
+    flags.DEFINE_string("shard", None, "I/N: train members I, I+N, I+2N, ... (N processes).")
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run(main)
