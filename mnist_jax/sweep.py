@@ -67,15 +67,17 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
 
 
 def _literal(text: str) -> Any:
-    """A Python literal, a float such as 'inf', or the text itself."""
+    """A Python literal, an int such as '007', a float such as 'inf', or the text itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def members(
@@ -265,9 +267,9 @@ def main(argv: list[str]) -> None:
     specs = list(f.sweep or []) or list(config.get("sweep", ()))
     if not specs:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
+    shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
-    shard = (0, 1) if f.shard is None else check_shard(f.shard)
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
         fallback_checkpoint=f.fallback_checkpoint, shard=shard,

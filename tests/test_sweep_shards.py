@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -122,3 +125,27 @@ def test_members_at_different_steps_train_by_start_step_and_a_config_change_is_r
     with pytest.raises(UserError, match=r"holds a run of a different config \(seed differ\)"):
         sweep.run_sweep(changed, workdir, specs, progress=False)
     assert file_bytes(workdir) == before
+
+
+ARRAY = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_STEP": "2"}
+
+
+@pytest.mark.parametrize(
+    ("env", "shard", "error"),
+    [
+        ({}, None, "error: SLURM_ARRAY_TASK_ID is not set: submit with sbatch --array=0-(N-1)"),
+        ({**ARRAY, "SLURM_ARRAY_TASK_COUNT": "2"}, "1/2", "error: --max_parallel=0: must be"),
+        ({"SLURM_ARRAY_TASK_ID": "4", "SHARDS": "4"}, "4/4", "error: --shard=4/4: expected I/N"),
+    ],
+)
+def test_the_array_script_passes_its_task_as_the_shard(tmp_path, idx_dir, env, shard, error):
+    """launch/sweep_array.sbatch run as SLURM runs it (array variables set, no srun)."""
+    flags = sweep_args(idx_dir, tmp_path / "w", *SPEC, "--max_parallel=0")[3:]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SHARDS"))}
+    proc = subprocess.run(
+        [str(REPO / "launch" / "sweep_array.sbatch"), *flags], cwd=REPO, capture_output=True,
+        text=True, timeout=120, env={**base, **env, "VENV": str(Path(sys.executable).parents[1])},
+    )  # fmt: skip
+    assert one_error_line(proc.returncode, proc.stderr).startswith(error)
+    assert (f"sweep_array: shard {shard}\n" in proc.stderr) == (shard is not None)
+    assert not (tmp_path / "w").exists()
