@@ -9,7 +9,9 @@ Members share one program: their state is stacked on a leading member axis and t
 `step.train_chunk` is mapped (`lax.map`, bit-identical to a single run; the CPU default) or
 vmapped (members in parallel; the accelerator default) over it. A member whose loss turns
 non-finite is dropped: its results.json records the step, its last good checkpoint is kept, and
-the others go on; a single run, having no others, stops with an error.
+the others go on; a single run, having no others, stops with an error. Members that stopped
+at different steps train as one program per start step, one after another. On several
+devices the member axis is split over them (`sharding.Placement.for_members`).
 
 Chunks are sized from the measured step time to take about `CHUNK_SECONDS`, so a SIGTERM or
 SIGINT is honoured within about that long whatever the config: every live member is

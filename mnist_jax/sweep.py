@@ -10,8 +10,17 @@ only in them trains as one jitted program over a leading member axis (`vmap` on 
 `lax.map` on CPU, see `step.member_axis`), `--max_parallel` members at a time. Any other field
 (hidden units, batch size, num_steps, dropout rate, ...) starts a new group. Every member
 writes what a single run writes into <workdir>/<member>/ and equals that single run to the bit
-on CPU (tests/test_sweep.py). The sweep writes sweep.csv, sweep.json and sweep.png, sorted by
-validation accuracy; members finished by an earlier sweep into the same workdir are kept.
+on CPU (tests/test_sweep.py). On several devices a group's members are split over them
+(`sharding.Placement.for_members`). The sweep writes sweep.csv, sweep.json and sweep.png,
+sorted by validation accuracy; members finished by an earlier sweep into the same workdir are
+kept. Values equal as the field's type (0.1 and 0.10, 0 and -0.0) are refused as repeats.
+
+`--shard=I/N` trains members I, I+N, ... only, so that N processes (a SLURM array,
+launch/sweep_array.sbatch) split one sweep. The rule for processes at once: the sweep
+directory's lock is shared (shards run together; a single run there is kept out), each member
+directory is locked by the process that trains it, and the tables are rewritten in turn
+(`RunDir.serialized`) from every member finished so far by any process, so the last one to
+end writes the whole sweep, as does any later run of the same sweep.
 """
 
 from __future__ import annotations
