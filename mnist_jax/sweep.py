@@ -183,7 +183,7 @@ def run_sweep(
     try:
         kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
         with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
-            rows = _table(all_members)
+            rows = _table(all_members, mine)
             if rows:
                 _write_tables(rows, sweep_dir)
                 fields = [f.split("=")[0] for f in specs]
@@ -225,13 +225,22 @@ def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint
     return kernels
 
 
-def _table(all_members: list[driver.Member]) -> list[dict[str, Any]]:
-    """The rows of the members finished or diverged (by any process), best first."""
-    rows = []
+def _table(all_members: list[driver.Member], mine: list[driver.Member]) -> list[dict[str, Any]]:
+    """The rows of the members finished or diverged (by any process), best first. Another
+    shard's member saved with other num_steps/num_epochs is still to resume: not a row."""
+    rows, ours = [], {m.name for m in mine}
     for m in all_members:
         results = m.rundir.results() or {}
-        if m.rundir.finished() or "diverged" in results:
-            rows.append(_row(m, results))
+        if not (m.rundir.finished() or "diverged" in results):
+            continue
+        saved = m.rundir.saved_config()
+        if m.name not in ours and saved is not None:
+            differ = config_lib.differing_fields(
+                config_lib.to_dict(saved), config_lib.to_dict(m.config)
+            )
+            if {"num_steps", "num_epochs"} & set(differ):
+                continue
+        rows.append(_row(m, results))
     rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
     return rows
 

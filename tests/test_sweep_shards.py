@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,22 @@ def test_members_at_different_steps_train_by_start_step_and_a_config_change_is_r
     with pytest.raises(UserError, match=r"holds a run of a different config \(seed differ\)"):
         sweep.run_sweep(changed, workdir, specs, progress=False)
     assert file_bytes(workdir) == before
+
+
+def test_the_table_lists_only_members_trained_as_far_as_the_sweep_asks(tmp_path, idx_dir):
+    """Shards resuming a finished sweep to more steps: until a member's shard has trained it
+    on, its earlier (shorter) result is not in the table."""
+    specs = ["optimizer.learning_rate=0.05,0.2", "seed=0,1"]
+    short = small_config(idx_dir, "linear", num_steps=20, num_periods=1)
+    assert len(sweep.run_sweep(short, tmp_path, specs, progress=False)) == 4
+    longer = small_config(idx_dir, "linear", num_steps=40, num_periods=1)
+    rows = sweep.run_sweep(longer, tmp_path, specs, progress=False, shard=(1, 2))
+    assert sorted(r["member"] for r in rows) == [NAMES[1], NAMES[3]]
+    assert len(json.loads((tmp_path / "sweep.json").read_text())) == 2
+    rows = sweep.run_sweep(longer, tmp_path, specs, progress=False, shard=(0, 2))
+    assert sorted(r["member"] for r in rows) == sorted(NAMES)
+    for name in NAMES:
+        assert metrics.read_json(tmp_path / name / "results.json")["num_steps"] == 40
 
 
 ARRAY = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_STEP": "2"}
