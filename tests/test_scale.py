@@ -60,20 +60,22 @@ def test_eight_devices_match_one(tmp_path, idx_dir):
 
 
 def test_sweep_members_split_over_eight_devices_match_one_device(tmp_path, idx_dir):
-    """6 members, 4 at a time, on 8 devices: a group of 4 on 4 rows of 2 devices, then one of
-    2 on 2 rows of 4 (gcd(members, devices) member groups), each member as on 1 device."""
+    """9 members, 6 at a time, on 8 devices: 6 on 2 rows of 4 devices (3 mapped per row),
+    then 3 on all 8 by data parallelism alone (gcd(members, devices) rows), each member as on
+    1 device."""
     import jax
 
-    specs = ["optimizer.learning_rate=0.05,0.1,0.2", "seed=0,1"]
+    specs = ["optimizer.learning_rate=0.05,0.1,0.2", "seed=0,1,2"]
     flags = ["--config.batch_size=40", "--config.num_steps=40", "--config.num_periods=2",
-             "--max_parallel=4", *(f"--sweep={s}" for s in specs)]  # fmt: skip
+             "--max_parallel=6", *(f"--sweep={s}" for s in specs)]  # fmt: skip
     proc = _run(sweep_args(idx_dir, tmp_path / "eight", *flags), 8)
-    assert "on 8 device(s) (4 member groups)" in proc.stderr
-    assert "on 8 device(s) (2 member groups)" in proc.stderr
+    assert "on 8 device(s) (2 member groups); members learning_rate=0.05-seed=0," in proc.stderr
+    assert "on 8 device(s); members learning_rate=0.2-seed=0," in proc.stderr
     assert jax.device_count() == 1
     c = small_config(idx_dir, "linear", batch_size=40, num_steps=40, num_periods=2)
-    for m in sweep.run_sweep(c, tmp_path / "one", specs, max_parallel=4, progress=False):
-        name = m["member"]
+    rows = sweep.run_sweep(c, tmp_path / "one", specs, max_parallel=6, progress=False)
+    assert len(rows) == 9
+    for name in (r["member"] for r in rows):
         assert_same_metrics(tmp_path / "one" / name / "metrics.jsonl",
                             tmp_path / "eight" / name / "metrics.jsonl")  # fmt: skip
 
