@@ -240,7 +240,11 @@ class RunDir:
         if not self.active:
             yield
             return
-        fd = os.open(self.file(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        path = self.file(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot lock {path}: {e.strerror}; remove it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
