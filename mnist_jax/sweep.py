@@ -39,7 +39,7 @@ from absl import flags, logging
 
 from mnist_jax import cli, config as config_lib, driver, metrics, plot
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import RunDir
+from mnist_jax.rundir import TABLES_LOCK, RunDir
 
 # Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
 VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
@@ -170,8 +170,9 @@ def run_sweep(
     sweep_dir = RunDir(workdir)
     sweep_dir.check_writable()
     sweep_dir.check_kind("sweep")
+    for name in (TABLES_LOCK, *(m.name for m in all_members)):
+        sweep_dir.file(name)  # A member directory that links out of the sweep is refused.
     for m in all_members:
-        sweep_dir.file(m.name)  # A member directory that links out of the sweep is refused.
         m.rundir.check_config(m.config, allow_change=False)  # Before any member trains.
     mine = all_members[index::count]
     groups: dict[str, list[driver.Member]] = {}
