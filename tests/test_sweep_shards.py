@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -166,3 +167,41 @@ def test_the_array_script_passes_its_task_as_the_shard(tmp_path, idx_dir, env, s
     assert one_error_line(proc.returncode, proc.stderr).startswith(error)
     assert (f"sweep_array: shard {shard}\n" in proc.stderr) == (shard is not None)
     assert not (tmp_path / "w").exists()
+
+
+def test_shards_share_the_sweep_directory_and_a_run_there_is_refused(tmp_path):
+    """The flock rule (separate open files conflict as separate processes do)."""
+    from mnist_jax.rundir import RunDir
+
+    shards = [RunDir(tmp_path), RunDir(tmp_path)]
+    for shard in shards:
+        shard.lock(shared=True)
+    with pytest.raises(UserError, match="is in use by another process"):
+        RunDir(tmp_path).lock()
+    for shard in shards:
+        shard.unlock()
+    with RunDir(tmp_path), pytest.raises(UserError, match="is in use by"):
+        RunDir(tmp_path).lock(shared=True)  # A run or an eval holds it alone: no shard starts.
+
+
+def test_table_turns_exclude_each_other_across_processes(tmp_path):
+    code = "\n".join([
+        "import sys",
+        "from mnist_jax.rundir import RunDir",
+        "with RunDir(sys.argv[1]).serialized():",
+        "    print('in', flush=True)",
+        "    sys.stdin.read()",
+    ])  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "in\n"
+        fd = os.open(tmp_path / ".tables.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Its turn ended: free.
+        os.close(fd)
+    finally:
+        holder.kill()
