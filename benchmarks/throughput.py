@@ -53,11 +53,11 @@ def timed(fn, repeats: int) -> float:
 
 def _members(model, tx, images, labels, k):
     """Device data and K stacked fresh states, placed as the driver places them."""
-    p = Placement()
+    p = Placement().for_members(k)  # Members split over the devices, as in a sweep.
     x, y = p.put(images), p.put(labels)
-    rows = p.put(np.stack([np.arange(len(labels), dtype=np.int32)] * k))
+    rows = p.put_members(np.stack([np.arange(len(labels), dtype=np.int32)] * k))
     states = [step.init_state(model, tx, s) for s in range(k)]
-    return p, x, y, rows, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+    return p, x, y, rows, p.stack_members(states)
 
 
 def project_loop(model, tx, images, labels, batch_size, steps):

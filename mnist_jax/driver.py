@@ -9,7 +9,9 @@ Members share one program: their state is stacked on a leading member axis and t
 `step.train_chunk` is mapped (`lax.map`, bit-identical to a single run; the CPU default) or
 vmapped (members in parallel; the accelerator default) over it. A member whose loss turns
 non-finite is dropped: its results.json records the step, its last good checkpoint is kept, and
-the others go on; a single run, having no others, stops with an error.
+the others go on; a single run, having no others, stops with an error. Members that stopped
+at different steps train as one program per start step, one after another. On several
+devices the member axis is split over them (`sharding.Placement.for_members`).
 
 Chunks are sized from the measured step time to take about `CHUNK_SECONDS`, so a SIGTERM or
 SIGINT is honoured within about that long whatever the config: every live member is
@@ -130,19 +132,17 @@ def run(
         for m in members:
             m.rundir.unlock()
         raise
-    if not todo:
-        return done
-    starts = {int(s.step) for s in states}
-    if len(starts) > 1:  # Members stopped at different steps: run them one after another.
+    try:  # Members that stopped at different steps train as one group per start step.
+        for at in sorted({int(s.step) for s in states}):
+            same = [k for k, s in enumerate(states) if int(s.step) == at]
+            group = _Group([todo[k] for k in same], [states[k] for k in same], datasets,
+                           train_full, test, plan, model, placement,
+                           dataclasses.replace(timing))  # fmt: skip
+            done += group.train(vectorize, progress)
+    finally:
         for m in todo:
             m.rundir.unlock()
-        outs = []
-        for m in todo:
-            outs += run([m], allow_config_change=True, fallback_checkpoint=fallback_checkpoint,
-                        progress=progress, data_cache=data_cache, placement=placement)  # fmt: skip
-        return done + outs
-    group = _Group(todo, states, datasets, train_full, test, plan, model, placement, timing)
-    return done + group.train(vectorize, progress)
+    return done
 
 
 def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint):
@@ -173,16 +173,15 @@ class _Group:
     """The members that train together in one program."""
 
     def __init__(self, members, states, datasets, train_full, test, plan, model, placement, timing):
-        self.members, self.plan, self.model, self.p, self.timing = (
-            members, plan, model, placement, timing
-        )  # fmt: skip
+        self.members, self.plan, self.model, self.timing = members, plan, model, timing
         self.config = members[0].config
         self.datasets = {m.config.seed: datasets[m.config.seed] for m in members}
         self.K = len(members)
-        self.state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+        self.p = placement = placement.for_members(self.K)  # Members split over devices.
+        self.state = placement.stack_members(states)
         self.images = placement.put(train_full.images)
         self.labels = placement.put(train_full.labels)
-        self.rows = placement.put(
+        self.rows = placement.put_members(
             np.stack([self.datasets[m.config.seed].train_rows for m in members])
         )
         eb = self.config.eval_batch_size
@@ -205,7 +204,7 @@ class _Group:
         ]
 
     def member_state(self, k: int) -> step_lib.TrainState:
-        return jax.tree_util.tree_map(lambda x: x[k], self.state)
+        return self.p.member(self.state, k)
 
     def eval_split(self, params: Any, split: EvalSplit) -> dict[str, Any]:
         """The evaluation sums (numpy) of one split, {} for an empty one; `scores` makes them
@@ -233,10 +232,11 @@ class _Group:
         c, plan = self.config, self.plan
         names = ", ".join(m.name for m in self.members if m.name)
         logging.info(
-            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s; compiled in %.2fs",
-            c.model.name, models.count_params(self.member_state(0).params), plan.num_steps,
-            c.batch_size, self.p.num_devices, f"; members {names}" if names else "",
-            self.timing.compile_s,
+            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s%s; compiled in "
+            "%.2fs", c.model.name, models.count_params(self.member_state(0).params),
+            plan.num_steps, c.batch_size, self.p.num_devices,
+            f" ({self.p.member_groups} member groups)" if self.p.member_groups > 1 else "",
+            f"; members {names}" if names else "", self.timing.compile_s,
         )  # fmt: skip
         bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
         ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)

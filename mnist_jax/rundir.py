@@ -7,8 +7,9 @@
     <workdir>/checkpoints/     orbax checkpoints (checkpoint.py)
     <workdir>/plots/, report.md, tensorboard/
 
-Guarantees: one writer at a time per workdir (an flock on the directory itself, released by
-the kernel when the holder dies, so a killed run's lock is taken over safely); every path a
+Guarantees: one process at a time per workdir (an flock on the directory itself, released by
+the kernel when the holder dies, so a killed run's lock is taken over safely; a sweep's
+shards share their sweep directory's lock and each locks the members it trains); every path a
 command will write is checked (`check_outputs`) before any is written; what is read back
 (config.json with the config's own validator, results.json with `results.check`, metrics.jsonl
 row by row) is validated like any input, one UserError naming the file; JSON files are replaced
@@ -18,11 +19,13 @@ atomically; nothing is written through a symlink that leads outside the workdir;
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ CHECKPOINTS, CORRUPT, TENSORBOARD, SWEEP = (
 )
 MAX_JSON_BYTES = 64 << 20  # The most a run's JSON file may hold (a long run's metrics: ~1 MB).
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
+TABLES_LOCK = ".tables.lock"  # Taken in turn by a sweep's shards to write its tables.
 
 
 def _json_default(x: Any) -> Any:
@@ -265,8 +269,10 @@ class RunDir:
 
     # -- the lock ------------------------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Creates the workdir and takes its exclusive lock; a second process is refused."""
+    def lock(self, shared: bool = False) -> None:
+        """Creates the workdir and takes its exclusive lock; a second process is refused.
+        `shared` (a sweep's own directory): other shared holders may hold it too (the shards
+        of one sweep), an exclusive one may not (a run, an eval), nor the reverse."""
         if not self.active or self._lock_fd is not None:
             return
         try:
@@ -275,7 +281,7 @@ class RunDir:
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be created: {e.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise UserError(
@@ -307,6 +313,24 @@ class RunDir:
         self._claimed = False
         os.close(self._lock_fd)  # Closing the descriptor releases the flock.
         self._lock_fd = None
+
+    @contextlib.contextmanager
+    def serialized(self, name: str = TABLES_LOCK) -> Iterator[None]:
+        """Waits for, then holds, the exclusive lock of `workdir/name` (created): the holders
+        of a shared lock take turns in what they read and rewrite together."""
+        if not self.active:
+            yield
+            return
+        path = self.file(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot lock {path}: {e.strerror}; remove it") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> RunDir:
         self.lock()

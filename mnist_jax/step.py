@@ -196,22 +196,49 @@ def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Ar
 
 def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):
     """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
-    `(states, stats)` with a leading member axis on states, rows and stats; states donated."""
+    `(states, stats)` with a leading member axis on states, rows and stats; states donated.
+    With member groups (`Placement.for_members`) states and rows are split over them."""
     chunk = functools.partial(train_chunk, model=model, tx=tx, batch_size=batch_size,
                               batch_sharding=placement.batch)  # fmt: skip
-    return jax.jit(member_axis(chunk, vectorize, members), donate_argnums=0)
+    fn = member_axis(chunk, vectorize, members, placement.member_groups)
+    if placement.member_groups == 1:
+        return jax.jit(fn, donate_argnums=0)
+    split, whole = placement.members, placement.replicated
+    return jax.jit(
+        fn, donate_argnums=0, in_shardings=(split, whole, whole, split, whole, whole),
+        out_shardings=(split, whole),
+    )  # fmt: skip
 
 
-def member_axis(chunk, vectorize: str, num_members: int):
+def member_axis(chunk, vectorize: str, num_members: int, groups: int = 1):
     """`chunk(state, images, labels, rows, first, n)` over a leading member axis of `state`
     and `rows`: `vmap` (members in parallel: the speed on accelerators) or `map` (one after
     another inside the program). On CPU, XLA compiles a vmapped matmul of 4 or more members
     with other roundings than a single run's, so `auto` maps there, keeping every member equal
-    to its single run to the bit; elsewhere it vmaps. One member is the plain chunk."""
+    to its single run to the bit; elsewhere it vmaps. One member is the plain chunk.
+    `groups` > 1 (which must divide `num_members`): the axis is cut into that many blocks,
+    vmapped over the `member` mesh axis (one block per row of devices), each block mapped or
+    vmapped as above."""
     if vectorize == "auto":
         vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
     if vectorize not in ("vmap", "map"):
         raise UserError(f"--vectorize={vectorize}: choose auto, vmap or map")
+    inner = _one_block(chunk, vectorize, num_members // groups)
+    if groups == 1:
+        return inner
+    blocks = jax.vmap(inner, in_axes=(0, None, None, 0, None, None), spmd_axis_name="member")
+
+    def grouped(state, images, labels, rows, first, n):
+        def cut(x):
+            return x.reshape(groups, -1, *x.shape[1:])
+
+        out = blocks(jax.tree_util.tree_map(cut, state), images, labels, cut(rows), first, n)
+        return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+    return grouped
+
+
+def _one_block(chunk, vectorize: str, num_members: int):
     if num_members == 1:
 
         def single(state, images, labels, rows, first, n):

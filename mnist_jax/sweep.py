@@ -10,8 +10,17 @@ only in them trains as one jitted program over a leading member axis (`vmap` on 
 `lax.map` on CPU, see `step.member_axis`), `--max_parallel` members at a time. Any other field
 (hidden units, batch size, num_steps, dropout rate, ...) starts a new group. Every member
 writes what a single run writes into <workdir>/<member>/ and equals that single run to the bit
-on CPU (tests/test_sweep.py). The sweep writes sweep.csv, sweep.json and sweep.png, sorted by
-validation accuracy; members finished by an earlier sweep into the same workdir are kept.
+on CPU (tests/test_sweep.py). On several devices a group's members are split over them
+(`sharding.Placement.for_members`). The sweep writes sweep.csv, sweep.json and sweep.png,
+sorted by validation accuracy; members finished by an earlier sweep into the same workdir are
+kept. Values equal as the field's type (0.1 and 0.10, 0 and -0.0) are refused as repeats.
+
+`--shard=I/N` trains members I, I+N, ... only, so that N processes (a SLURM array,
+launch/sweep_array.sbatch) split one sweep. The rule for processes at once: the sweep
+directory's lock is shared (shards run together; a single run there is kept out), each member
+directory is locked by the process that trains it, and the tables are rewritten in turn
+(`RunDir.serialized`) from every member finished so far by any process, so the last one to
+end writes the whole sweep, as does any later run of the same sweep.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from absl import flags, logging
 
 from mnist_jax import cli, config as config_lib, driver, metrics, plot, scores
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import RunDir
+from mnist_jax.rundir import TABLES_LOCK, RunDir
 
 # Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
 VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
@@ -56,22 +65,28 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
             v = float(v)
         if kind is tuple and isinstance(v, int):
             v = (v,)
-        if not isinstance(v, kind):
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
             raise UserError(f"--sweep {field}={text}: {v!r} is not a {kind.__name__}")
+        if kind is float and v == 0:
+            v = 0.0  # -0.0 is 0.0: one member, named 0.0.
+        if v in out:  # Equal as the field's type (0.1 and 0.10, 1 and 1.0, -0.0 and 0).
+            raise UserError(f"--sweep {field}={text}: {v!r} is given twice; list each value once")
         out.append(v)
     return out
 
 
 def _literal(text: str) -> Any:
-    """A Python literal, a float such as 'inf', or the text itself."""
+    """A Python literal, an int such as '007', a float such as 'inf', or the text itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def members(
@@ -140,14 +155,14 @@ def run_sweep(
     *,
     progress: bool | None = None,
     fallback_checkpoint: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
-    """Trains every member through the run driver (each resumes from its own checkpoint),
-    writes each one's single-run outputs, and the sweep's tables and figure."""
-    from mnist_jax import api
-
+    """Trains this `shard` (index, count) of the members, every member by default, through
+    the run driver (each resumes from its own checkpoint) and writes each one's single-run
+    outputs; then the sweep's tables and figure of every member finished so far, by any shard."""
     t0 = time.time()
     metrics.T0 = t0
-    api.enable_compilation_cache()
+    index, count = check_shard(shard)
     workdir = Path(workdir)
     all_members = members(config, specs, workdir)
     if len({m.name for m in all_members}) != len(all_members):
@@ -156,23 +171,34 @@ def run_sweep(
     sweep_dir.check_writable()
     sweep_dir.check_kind("sweep")
     _check_outputs(sweep_dir, all_members)
-    groups: dict[str, list[driver.Member]] = {}
     for m in all_members:
+        m.rundir.check_config(m.config, allow_change=False)  # Before any member trains.
+    mine = all_members[index::count]
+    groups: dict[str, list[driver.Member]] = {}
+    for m in mine:
         groups.setdefault(group_key(m.config), []).append(m)
-    logging.info("sweep: %d members in %d group(s)", len(all_members), len(groups))
-    with sweep_dir:  # One sweep (or run) at a time in this directory; each member locks too.
-        rows, kernels = _train_groups(
-            groups, max_parallel, vectorize, progress, fallback_checkpoint, t0
-        )
-        rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
-        _write_tables(rows, sweep_dir)
-        plot.plot_sweep(rows, workdir, [f.split("=")[0] for f in specs], kernels=kernels)
+    part = f" (shard {index}/{count} of {len(all_members)})" if count > 1 else ""
+    logging.info("sweep: %d members%s in %d group(s)", len(mine), part, len(groups))
+    sweep_dir.lock(shared=True)  # Shards of a sweep train at once; a single run is kept out.
+    try:
+        kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
+        with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
+            rows = _table(all_members, mine)
+            if rows:
+                _write_tables(rows, sweep_dir)
+                fields = [f.split("=")[0] for f in specs]
+                plot.plot_sweep(rows, workdir, fields, kernels=kernels)
+    finally:
+        sweep_dir.unlock()
+    if len(rows) < len(all_members):
+        logging.info("sweep.csv: %d of %d members finished; the other shards train the rest",
+                     len(rows), len(all_members))  # fmt: skip
     return rows
 
 
 def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
     """Every path the sweep will write, its members' included, before any is written."""
-    figures = ("sweep.json", "sweep.csv", "sweep.png", "first_layer_by_steps.png")
+    figures = (TABLES_LOCK, "sweep.json", "sweep.csv", "sweep.png", "first_layer_by_steps.png")
     sweep_dir.check_outputs(files=figures, dirs=tuple(m.name for m in all_members))
     for m in all_members:
         m.rundir.check_kind("run")
@@ -181,11 +207,22 @@ def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
             plot.check_run_outputs(m.rundir.path)
 
 
+def check_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """'I/N' or (I, N) with integers 0 <= I < N; anything else is a one-line UserError."""
+    text = shard if isinstance(shard, str) else "/".join(map(str, shard))
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text)
+    index, count = (int(match[1]), int(match[2])) if match else (-1, 0)
+    if not 0 <= index < count:
+        raise UserError(f"--shard={text}: expected I/N, integers with 0 <= I < N (e.g. 0/4)")
+    return index, count
+
+
 def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0):
-    """Each group through the driver; (table rows, each member's first-layer kernel)."""
+    """Each group through the driver; each trained member's first-layer kernel."""
     from mnist_jax import api
 
-    rows, cache, kernels = [], {}, {}
+    api.enable_compilation_cache()
+    cache, kernels = {}, {}
     for group in groups.values():
         for i in range(0, len(group), max_parallel):
             outcomes = driver.run(
@@ -194,10 +231,29 @@ def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint
             )  # fmt: skip
             for outcome in outcomes:
                 run = api.finish(outcome, t0)
-                rows.append(_row(outcome.member, outcome.results))
                 if run.params is not None:
                     kernels[outcome.member.name] = plot.first_layer_kernel(run.params)
-    return rows, kernels
+    return kernels
+
+
+def _table(all_members: list[driver.Member], mine: list[driver.Member]) -> list[dict[str, Any]]:
+    """The rows of the members finished or diverged (by any process), best first. Another
+    shard's member saved with other num_steps/num_epochs is still to resume: not a row."""
+    rows, ours = [], {m.name for m in mine}
+    for m in all_members:
+        results = m.rundir.results() or {}
+        if not (m.rundir.finished() or "diverged" in results):
+            continue
+        saved = m.rundir.saved_config()
+        if m.name not in ours and saved is not None:
+            differ = config_lib.differing_fields(
+                config_lib.to_dict(saved), config_lib.to_dict(m.config)
+            )
+            if {"num_steps", "num_epochs"} & set(differ):
+                continue
+        rows.append(_row(m, results))
+    rows.sort(key=lambda r: -(r["validation_accuracy"] or 0))
+    return rows
 
 
 def _row(m: driver.Member, results: dict[str, Any]) -> dict[str, Any]:
@@ -240,11 +296,12 @@ def main(argv: list[str]) -> None:
     specs = list(f.sweep or []) or list(config.get("sweep", ()))
     if not specs:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
+    shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
-        fallback_checkpoint=f.fallback_checkpoint,
+        fallback_checkpoint=f.fallback_checkpoint, shard=shard,
     )  # fmt: skip
     for row in rows:
         acc = row["validation_accuracy"]
@@ -260,5 +317,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_parallel", 32, "Members trained at once in one vmapped program.")
     flags.DEFINE_string("vectorize", "auto", "vmap, map, or auto (map on CPU, else vmap).")
     flags.DEFINE_bool("fallback_checkpoint", False, "Resume from an older intact checkpoint.")
+    flags.DEFINE_string("shard", None, "I/N: train members I, I+N, I+2N, ... (N processes).")
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run(main)

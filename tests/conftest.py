@@ -84,6 +84,29 @@ def main_args(idx_dir: Path, workdir: Path, *extra: str) -> list[str]:
     ]
 
 
+def sweep_args(idx_dir: Path, workdir: Path, *extra: str) -> list[str]:
+    """The sweep command on the small IDX data with configs/linear.py; later flags win."""
+    return [
+        sys.executable,
+        "-m",
+        "mnist_jax.sweep",
+        "--config=configs/linear.py",
+        f"--workdir={workdir}",
+        "--config.data.source=idx",
+        f"--config.data.dir={idx_dir}",
+        "--config.data.validation_size=200",
+        "--config.batch_size=20",
+        "--config.tensorboard=False",
+        "--config.plots=False",
+        *extra,
+    ]
+
+
+def file_bytes(directory: Path) -> dict[Path, bytes]:
+    """Every file under `directory` with its content: to show that nothing changed."""
+    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
 # Read before the autouse fixture hides it from the tests that must not see it.
 _FULL_MNIST = os.environ.get("MNIST_JAX_DATA_DIR", "")
 

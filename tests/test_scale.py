@@ -1,4 +1,5 @@
-"""Data parallelism: 1 vs 8 devices, and 2 real processes vs 1, agree to float tolerance.
+"""Data parallelism: 1 vs 8 devices, and 2 real processes vs 1, agree to float tolerance; so
+do sweep members split over 8 devices and trained on 1.
 
 Each run is a subprocess, because JAX fixes its device count (JAX_NUM_CPU_DEVICES) and its
 distributed runtime when it starts.
@@ -13,9 +14,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from mnist_jax import metrics
+from mnist_jax import metrics, sweep
 
-from conftest import REPO, main_args
+from conftest import REPO, main_args, small_config, sweep_args
 
 
 def _args(idx_dir, workdir, *extra):
@@ -56,6 +57,27 @@ def test_eight_devices_match_one(tmp_path, idx_dir):
     proc = _run(_args(idx_dir, tmp_path / "eight"), 8)
     assert "on 8 device(s)" in proc.stderr
     assert_same_metrics(tmp_path / "one" / "metrics.jsonl", tmp_path / "eight" / "metrics.jsonl")
+
+
+def test_sweep_members_split_over_eight_devices_match_one_device(tmp_path, idx_dir):
+    """9 members, 6 at a time, on 8 devices: 6 on 2 rows of 4 devices (3 mapped per row),
+    then 3 on all 8 by data parallelism alone (gcd(members, devices) rows), each member as on
+    1 device."""
+    import jax
+
+    specs = ["optimizer.learning_rate=0.05,0.1,0.2", "seed=0,1,2"]
+    flags = ["--config.batch_size=40", "--config.num_steps=40", "--config.num_periods=2",
+             "--max_parallel=6", *(f"--sweep={s}" for s in specs)]  # fmt: skip
+    proc = _run(sweep_args(idx_dir, tmp_path / "eight", *flags), 8)
+    assert "on 8 device(s) (2 member groups); members learning_rate=0.05-seed=0," in proc.stderr
+    assert "on 8 device(s); members learning_rate=0.2-seed=0," in proc.stderr
+    assert jax.device_count() == 1
+    c = small_config(idx_dir, "linear", batch_size=40, num_steps=40, num_periods=2)
+    rows = sweep.run_sweep(c, tmp_path / "one", specs, max_parallel=6, progress=False)
+    assert len(rows) == 9
+    for name in (r["member"] for r in rows):
+        assert_same_metrics(tmp_path / "one" / name / "metrics.jsonl",
+                            tmp_path / "eight" / name / "metrics.jsonl")  # fmt: skip
 
 
 def test_batch_must_divide_by_devices(tmp_path, idx_dir):

@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from mnist_jax import evaluate, metrics, sweep
 from mnist_jax.errors import UserError
@@ -158,3 +159,50 @@ def test_a_diverged_member_is_dropped_and_the_others_go_on(tmp_path, idx_dir):
 def test_a_repeated_sweep_field_is_an_error(idx_dir):
     with pytest.raises(UserError, match="given twice"):
         sweep.members(small_config(idx_dir, "linear"), ["seed=0", "seed=1"])
+
+
+def _float_spellings(v: float) -> list[str]:
+    """Texts that Python reads as the float `v` (0.1, 0.10, 1e-01, +0.1, 1 for 1.0, -0.0)."""
+    forms = {repr(v), format(v, ".17g"), format(v, ".17e"), f"+{v!r}"}
+    if "e" not in repr(v):
+        forms.add(f"{v!r}0")
+    if v == int(v):
+        forms |= {str(int(v)), f"{int(v)}.", f"{int(v)}e0", f"00{int(v)}"}
+    if v == 0:
+        forms |= {"-0.0", "-0"}
+    return sorted(forms)
+
+
+def _int_spellings(v: int) -> list[str]:
+    return [str(v), f"+{v}", hex(v), oct(v), f"{v:_}", f"00{v}"]
+
+
+FLOATS = st.sampled_from([0.0, 1e-5, 0.001, 0.1, 0.3, 1.0, 2.0, 1 / 3])
+
+
+@given(FLOATS, st.data())
+def test_a_value_spelled_twice_is_refused_as_a_repeat(idx_dir, value, data):
+    first, second = (data.draw(st.sampled_from(_float_spellings(value))) for _ in range(2))
+    spec = f"optimizer.weight_decay={first},{second}"
+    with pytest.raises(UserError, match=r"is given twice; list each value once"):
+        sweep.members(small_config(idx_dir, "linear"), [spec])
+
+
+@given(st.lists(FLOATS, min_size=1, max_size=4, unique=True), st.data())
+def test_distinct_values_are_members_whatever_their_spelling(idx_dir, values, data):
+    c = small_config(idx_dir, "linear")
+    spelled = [data.draw(st.sampled_from(_float_spellings(v))) for v in values]
+    got = sweep.members(c, [f"optimizer.weight_decay={','.join(spelled)}"])
+    plain = sweep.members(c, [f"optimizer.weight_decay={','.join(map(repr, values))}"])
+    assert [m.name for m in got] == [m.name for m in plain]
+    assert [m.config.optimizer.weight_decay for m in got] == values
+    assert "weight_decay=-0.0" not in [m.name for m in got]  # -0.0 is the member 0.0.
+
+
+@given(st.integers(0, 2**31 - 1), st.data())
+def test_int_values_spelled_twice_are_repeats_and_bools_are_not_ints(idx_dir, value, data):
+    first, second = (data.draw(st.sampled_from(_int_spellings(value))) for _ in range(2))
+    with pytest.raises(UserError, match="is given twice"):
+        sweep.members(small_config(idx_dir, "linear"), [f"seed={first},{second}"])
+    with pytest.raises(UserError, match="True is not a int"):
+        sweep.members(small_config(idx_dir, "linear"), ["seed=True"])
