@@ -93,7 +93,7 @@ def start(
             logging.warning("no intact checkpoint in %s: starting from step 0", rundir.path)
         state = jax.jit(functools.partial(step_lib.init_state, model, tx))(config.seed)
         return Start(state, skipped=skipped)
-    if record is not None and at < num_steps:
+    if record is not None:
         check_same_steps(rundir, config, record, at, allow_change)
     state = step_lib.TrainState(**saved)
     if changed:  # An allowed change takes effect in the injected hyperparameters.
@@ -112,35 +112,39 @@ def check_same_steps(
 ) -> None:
     """Refuses to resume at step `at` when the steps after it would not be the ones the run
     it continues would take: other data, or a non-constant learning-rate schedule stretched
-    over another resolved step count (num_steps, num_epochs). Allowed, says so in a warning."""
+    over another resolved step count (num_steps, num_epochs). Allowed, says so in a warning,
+    as it says any allowed change of the next step's learning rate."""
     old, saved = rundir.run_record() or {}, rundir.saved_config() or config
-    fix = "pass --allow_config_change to resume anyway, or use a new --workdir"
     if old.get("data") and _data_key(old["data"]) != _data_key(record["data"]):
         why = (
             f"{rundir.path} was trained on other data ({_describe(old['data'])}) than this "
             f"command reads ({_describe(record['data'])}): its remaining steps would train on "
             "the new data"
         )
-        if not allow_change:
-            raise UserError(f"{why}; use the same data, or {fix}")
-        logging.warning("--allow_config_change: %s", why)
-    if config.optimizer.schedule == "constant":
-        return
+        _refuse_or_warn(why, "use the same data", allow_change)
     num_steps = record["num_steps"]
     old_steps = old.get("num_steps") or _legacy_steps(saved, config, num_steps)
-    if old_steps == num_steps:
-        return
     was = optim.learning_rate_at(saved.optimizer, old_steps, at)
     now = optim.learning_rate_at(config.optimizer, num_steps, at)
-    field = next((f for f in ("num_steps", "num_epochs") if saved[f] != config[f]), None)
-    what = f"{field}={config[field]} (was {saved[field]})" if field else "the data's size"
-    why = (
-        f"{what} stretches the {config.optimizer.schedule} learning-rate schedule of "
-        f"{rundir.path} from {old_steps} to {num_steps} steps: the learning rate of step "
-        f"{at + 1} would jump from {was:.3g} (the schedule it was trained on) to {now:.3g}"
-    )
+    jump = f"the learning rate of step {at + 1} would jump from {was:.3g} (the schedule it was "
+    jump += f"trained on) to {now:.3g}"
+    if config.optimizer.schedule != "constant" and old_steps != num_steps:
+        field = next((f for f in ("num_steps", "num_epochs") if saved[f] != config[f]), None)
+        what = f"{field}={config[field]} (was {saved[field]})" if field else "the data's size"
+        why = (
+            f"{what} stretches the {config.optimizer.schedule} learning-rate schedule of "
+            f"{rundir.path} from {old_steps} to {num_steps} steps: {jump}"
+        )
+        _refuse_or_warn(why, f"keep {field or 'the data'} as it was", allow_change)
+    elif allow_change and was != now:  # Schedule fields changed (check_config allowed it).
+        logging.warning("--allow_config_change: %s", jump.replace("would jump", "jumps"))
+
+
+def _refuse_or_warn(why: str, keep: str, allow_change: bool) -> None:
     if not allow_change:
-        raise UserError(f"{why}; keep {field or 'the data'} as it was, or {fix}")
+        raise UserError(
+            f"{why}; {keep}, or pass --allow_config_change to resume anyway, or use a new --workdir"
+        )
     logging.warning("--allow_config_change: %s", why)
 
 
@@ -155,7 +159,7 @@ def _describe(d: dict[str, Any]) -> str:
     )
 
 
-def _legacy_steps(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, n: int):
+def _legacy_steps(saved: Any, config: Any, n: int) -> int:
     """A workdir from before run.json: its step count from its config.json (num_epochs scale
     the step count linearly)."""
     if saved.num_steps:

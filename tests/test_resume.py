@@ -213,7 +213,7 @@ def _copy_idx(src: Path, dst: Path, swap_labels: bool = False) -> Path:
     return dst
 
 
-def test_a_resume_onto_other_data_is_refused_and_moved_data_is_not(idx_dir, tmp_path):
+def test_a_resume_onto_other_data_is_refused_and_moved_data_is_not(idx_dir, tmp_path, caplog):
     c = small_config(idx_dir, "linear", num_steps=20, num_periods=2)
     _train(c, tmp_path / "run")
     c.num_steps = 40
@@ -224,6 +224,10 @@ def test_a_resume_onto_other_data_is_refused_and_moved_data_is_not(idx_dir, tmp_
     assert _snapshot(tmp_path / "run") == before
     c.data.dir = str(_copy_idx(idx_dir, tmp_path / "moved"))  # The same digits elsewhere.
     assert _train(c, tmp_path / "run")["resumed_from_step"] == 20
-    c.num_steps = 60
+    c.num_steps, c.optimizer.learning_rate = 60, 0.5
     c.data.dir = str(tmp_path / "other")
     assert _train(c, tmp_path / "run", allow_config_change=True)["resumed_from_step"] == 40
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("--allow_config_change: " in w and "trained on other data" in w for w in warnings)
+    jump = "--allow_config_change: the learning rate of step 41 jumps from 0.05 (the schedule"
+    assert any(jump in w and w.endswith("to 0.5") for w in warnings), warnings
