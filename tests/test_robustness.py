@@ -163,9 +163,9 @@ def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, id
     line = _one_error_line(proc)
     assert "File too large" in line or "cannot" in line, line
     for path, content in before.items():
-        # metrics.jsonl is appended to; config.json is replaced (atomically) by the resumed
-        # run's, which asks for more steps.
-        if path.name not in ("metrics.jsonl", "config.json"):
+        # metrics.jsonl is appended to; config.json and run.json are replaced (atomically) by
+        # the resumed run's, which asks for more steps.
+        if path.name not in ("metrics.jsonl", "config.json", "run.json"):
             assert path.read_bytes() == content, path
     assert metrics.read_json(tmp_path / "config.json")["num_steps"] == 80
     assert latest_checkpoint(tmp_path) == 40
