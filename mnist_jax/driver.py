@@ -13,9 +13,9 @@ the others go on; a single run, having no others, stops with an error.
 
 The first chunk is one step; later ones are sized from the measured step time to take about
 `CHUNK_SECONDS`, so once training has started a SIGTERM or SIGINT is honoured within about
-that long (or one step, and any periodic evaluation it lands in) whatever the config: every
-live member is checkpointed at the current step and the process exits 128+signal. A signal
-after the last step lets the run write its results first.
+that long, or one step where a step is longer (plus any periodic evaluation it lands in),
+whatever the config: every live member is checkpointed at the current step and the process
+exits 128+signal. A signal after the last step lets the run write its results first.
 """
 
 from __future__ import annotations
