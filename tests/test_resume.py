@@ -160,6 +160,15 @@ def test_a_resume_that_would_stretch_the_schedule_is_refused(
     assert "--allow_config_change" in message
 
 
+def test_a_workdir_from_before_run_json_is_checked_from_its_config(idx_dir, tmp_path):
+    c = _scheduled(idx_dir, "one_cycle", "adam", num_steps=10, num_periods=1)
+    _train(c, tmp_path)
+    (tmp_path / "run.json").unlink()  # As an older version left it.
+    c.num_steps = 20
+    with pytest.raises(UserError, match=r"num_steps=20 \(was 10\) stretches the one_cycle"):
+        _train(c, tmp_path)
+
+
 @pytest.mark.parametrize(("schedule", "optimizer"), STRETCHABLE)
 def test_a_stopped_scheduled_run_resumes_to_the_straight_runs_bits(
     idx_dir, tmp_path, schedule, optimizer
