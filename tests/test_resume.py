@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mnist_jax import api, data, evaluate
+from mnist_jax import data, evaluate
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import read_jsonl
 
@@ -25,13 +25,10 @@ from conftest import (
     metric_rows,
     one_error_line,
     small_config,
+    train_results,
 )
 
 TOTAL = 40  # The longest run a search draws.
-
-
-def _train(config, workdir, **kw):
-    return api.train(config, workdir, progress=False, **kw).results
 
 
 def _snapshot(workdir: Path) -> dict:
@@ -63,7 +60,7 @@ def step_losses(idx_dir, tmp_path_factory) -> list[np.float32]:
     c = small_config(idx_dir, "linear", num_steps=TOTAL, num_periods=TOTAL)
     c.checkpoint_every_steps = TOTAL  # One checkpoint: saves are the slow part.
     workdir = tmp_path_factory.mktemp("every_step")
-    _train(c, workdir)
+    train_results(c, workdir)
     rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))
     return [np.float32(r["batch_loss"]) for r in rows]
@@ -97,7 +94,7 @@ def test_batch_loss_is_the_mean_loss_since_the_previous_row_after_any_resume(
         for (n, periods, every), kill in ((before, killed), (after, 0)):
             c = small_config(idx_dir, "linear", num_steps=n, num_periods=periods)
             c.checkpoint_every_steps = every
-            _train(c, workdir)
+            train_results(c, workdir)
             _as_if_killed(workdir, kill)
         rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
     assert rows[-1]["step"] == after[0]
@@ -148,11 +145,11 @@ def test_a_resume_that_would_stretch_the_schedule_is_refused(
         workdir = Path(tmp) / "run"
         c = _scheduled(idx_dir, case[0], optimizer, num_periods=1)
         _length(c, field, first)
-        _train(c, workdir)
+        train_results(c, workdir)
         before = _snapshot(workdir)
         _length(c, field, first + more)
         with pytest.raises(UserError) as refused:
-            _train(c, workdir)
+            train_results(c, workdir)
         assert _snapshot(workdir) == before
     message = str(refused.value)
     assert f"{field}=" in message and f"from {first} to {first + more} steps" in message
@@ -162,11 +159,11 @@ def test_a_resume_that_would_stretch_the_schedule_is_refused(
 
 def test_a_workdir_from_before_run_json_is_checked_from_its_config(idx_dir, tmp_path):
     c = _scheduled(idx_dir, "one_cycle", "adam", num_steps=10, num_periods=1)
-    _train(c, tmp_path)
+    train_results(c, tmp_path)
     (tmp_path / "run.json").unlink()  # As an older version left it.
     c.num_steps = 20
     with pytest.raises(UserError, match=r"num_steps=20 \(was 10\) stretches the one_cycle"):
-        _train(c, tmp_path)
+        train_results(c, tmp_path)
 
 
 @pytest.mark.parametrize(("schedule", "optimizer"), STRETCHABLE)
@@ -175,10 +172,10 @@ def test_a_stopped_scheduled_run_resumes_to_the_straight_runs_bits(
 ):
     """Resuming to the same length (after a kill, or in more commands) keeps the schedule."""
     c = _scheduled(idx_dir, schedule, optimizer, num_steps=30, num_periods=3)
-    _train(c, tmp_path / "straight")
-    _train(c, tmp_path / "resumed")
+    train_results(c, tmp_path / "straight")
+    train_results(c, tmp_path / "resumed")
     _as_if_killed(tmp_path / "resumed", 2)  # Back to step 10.
-    assert _train(c, tmp_path / "resumed")["resumed_from_step"] == 10
+    assert train_results(c, tmp_path / "resumed")["resumed_from_step"] == 10
     assert _params(tmp_path / "resumed") == _params(tmp_path / "straight")
     assert metric_rows(tmp_path / "resumed") == metric_rows(tmp_path / "straight")
 
@@ -224,18 +221,18 @@ def _copy_idx(src: Path, dst: Path, swap_labels: bool = False) -> Path:
 
 def test_a_resume_onto_other_data_is_refused_and_moved_data_is_not(idx_dir, tmp_path, caplog):
     c = small_config(idx_dir, "linear", num_steps=20, num_periods=2)
-    _train(c, tmp_path / "run")
+    train_results(c, tmp_path / "run")
     c.num_steps = 40
     c.data.dir = str(_copy_idx(idx_dir, tmp_path / "other", swap_labels=True))
     before = _snapshot(tmp_path / "run")
     with pytest.raises(UserError, match=r"trained on other data \(idx: 1200 train"):
-        _train(c, tmp_path / "run")
+        train_results(c, tmp_path / "run")
     assert _snapshot(tmp_path / "run") == before
     c.data.dir = str(_copy_idx(idx_dir, tmp_path / "moved"))  # The same digits elsewhere.
-    assert _train(c, tmp_path / "run")["resumed_from_step"] == 20
+    assert train_results(c, tmp_path / "run")["resumed_from_step"] == 20
     c.num_steps, c.optimizer.learning_rate = 60, 0.5
     c.data.dir = str(tmp_path / "other")
-    assert _train(c, tmp_path / "run", allow_config_change=True)["resumed_from_step"] == 40
+    assert train_results(c, tmp_path / "run", allow_config_change=True)["resumed_from_step"] == 40
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("--allow_config_change: " in w and "trained on other data" in w for w in warnings)
     jump = "--allow_config_change: the learning rate of step 41 jumps from 0.05 (the schedule"
