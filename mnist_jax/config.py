@@ -26,7 +26,8 @@ FIELD_DOCS: dict[str, str] = {f.name: f.doc for f in FIELDS}
 EXTRA_FIELDS = {"sweep": "Sweep specs 'field=v1,v2,...' (mnist_jax.sweep); a cartesian product."}
 
 # Fields that may differ when a run is resumed: they change how long or how observably a run
-# trains, never what a given step computes.
+# trains, not what a given step computes. Where they would (num_steps or num_epochs stretching a
+# non-constant schedule, data.* naming other data), resume.check_same_steps refuses the resume.
 RESUMABLE_FIELDS = frozenset(
     {
         "num_steps",

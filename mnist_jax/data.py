@@ -430,3 +430,14 @@ def load_cached(data_config, cache: dict | None = None) -> tuple[Split, Split, s
     if key not in cache:
         cache[key] = load_train_test(data_config)
     return cache[key]
+
+
+def fingerprint(train: Split, test: Split, source: str) -> dict[str, Any]:
+    """What identifies the data a run trains on (the location is not part of it: moved files
+    are the same data): the source used, the sizes and a SHA-256 of every pixel and label."""
+    h = hashlib.sha256()
+    for a in (train.images, train.labels, test.images, test.labels):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a.reshape(-1)).cast("B"))  # Flat: no copy, and empty is fine.
+    return {"source": source, "train": len(train), "test": len(test), "sha256": h.hexdigest()}

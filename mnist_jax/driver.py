@@ -13,10 +13,11 @@ the others go on; a single run, having no others, stops with an error. Members t
 at different steps train as one program per start step, one after another. On several
 devices the member axis is split over them (`sharding.Placement.for_members`).
 
-Chunks are sized from the measured step time to take about `CHUNK_SECONDS`, so a SIGTERM or
-SIGINT is honoured within about that long whatever the config: every live member is
-checkpointed at the current step and the process exits 128+signal. A signal after the last
-step lets the run write its results first.
+The first chunk is one step; later ones are sized from the measured step time to take about
+`CHUNK_SECONDS`, so once training has started a SIGTERM or SIGINT is honoured within about
+that long, or one step where a step is longer (plus any periodic evaluation it lands in),
+whatever the config: every live member is checkpointed at the current step and the process
+exits 128+signal. A signal after the last step lets the run write its results first.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def run(
     num_train = len(datasets[first.seed].train)
     cap = first.data.sample_max_epochs if (first.data.source, source) == ("auto", "sample") else 0
     plan = make_plan(first, num_train, max_epochs=cap)
+    # What the steps are computed over; a resume must match it (resume.check_same_steps).
+    record = {"num_steps": plan.num_steps, "data": data_lib.fingerprint(train_full, test, source)}
     model = models.create_model(first.model, datasets[first.seed].num_classes)
     txs = [optim.make_optimizer(m.config.optimizer, plan.num_steps) for m in members]
     placement = placement or Placement()
@@ -118,7 +121,7 @@ def run(
     try:
         # Read-only checks and restores, for every member, before anything is written.
         states, done, todo, skipped = _check_and_restore(
-            members, txs, model, plan, allow_config_change, fallback_checkpoint
+            members, txs, model, plan, allow_config_change, fallback_checkpoint, record
         )
         if states:  # Where the trace would start is known now, before anything is written.
             profile_lib.check(first, plan, int(states[0].step), todo[0].rundir)
@@ -127,6 +130,7 @@ def run(
             m.rundir.claim()
             m.rundir.set_aside_checkpoints(skipped[m.rundir.path])
             m.rundir.write_config(m.config)
+            m.rundir.write_run_record(record)
             m.rundir.trim_metrics(int(state.step))
     except BaseException:
         for m in members:
@@ -145,15 +149,17 @@ def run(
     return done
 
 
-def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint):
+def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint,
+                       record):  # fmt: skip
     """Per member: lock and `resume.start` (writes nothing). Returns (states, finished or
     diverged outcomes, members to train, skipped corrupt checkpoints per member)."""
     states, done, todo, skipped = [], [], [], {}
     for m, tx in zip(members, txs, strict=True):
         m.rundir.lock()
         start = resume.start(
-            m.rundir, m.config, model, tx, plan.num_steps, allow_change=allow_config_change,
-            fallback=fallback_checkpoint, keep_diverged=len(members) > 1, tag=_tag(m),
+            m.rundir, m.config, model, tx, plan.num_steps, record=record,
+            allow_change=allow_config_change, fallback=fallback_checkpoint,
+            keep_diverged=len(members) > 1, tag=_tag(m),
         )  # fmt: skip
         if start.state is None:
             done.append(Outcome(m, start.results))
@@ -202,6 +208,8 @@ class _Group:
         self.writers = [
             metrics.MetricWriter(m.rundir, m.config.tensorboard, start) for m in members
         ]
+        # Per member, the step after which state.loss_sum began: its last logged train row.
+        self.summed_from = [resume.loss_sum_start(m.rundir, start) for m in members]
 
     def member_state(self, k: int) -> step_lib.TrainState:
         return self.p.member(self.state, k)
@@ -230,22 +238,16 @@ class _Group:
         compiled = self.compile(vectorize)
         self.start = start = int(self.state.step[0])
         c, plan = self.config, self.plan
-        names = ", ".join(m.name for m in self.members if m.name)
-        logging.info(
-            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s%s; compiled in "
-            "%.2fs", c.model.name, models.count_params(self.member_state(0).params),
-            plan.num_steps, c.batch_size, self.p.num_devices,
-            f" ({self.p.member_groups} member groups)" if self.p.member_groups > 1 else "",
-            f"; members {names}" if names else "", self.timing.compile_s,
-        )  # fmt: skip
         bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
         ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
                  for m in self.members]  # fmt: skip
-        step, chunk_len = start, c.steps_per_call or profile_lib.FIRST_CHUNK  # Then timed.
+        # One step first (a heavy config's step can take seconds), then sized from its time.
+        step, chunk_len = start, c.steps_per_call or profile_lib.FIRST_CHUNK
         period_steps, period_time = 0, 0.0
         trace = profile_lib.Window(c.profile_steps, self.members[0].rundir.file("profile"))
         try:
-            with StopSignal() as stop:
+            with StopSignal() as stop:  # Training starts: from this line on, signals stop it.
+                self._log_start()
                 while step < plan.num_steps and len(self.diverged) < self.K:
                     n = trace.clip(step, min(plan.next_stop(step) - step, chunk_len))
                     t = time.time()
@@ -307,6 +309,16 @@ class _Group:
                 m.rundir.unlock()
         return outcomes
 
+    def _log_start(self) -> None:
+        c, names = self.config, ", ".join(m.name for m in self.members if m.name)
+        logging.info(
+            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s%s; compiled in %.2fs",
+            c.model.name, models.count_params(self.member_state(0).params), self.plan.num_steps,
+            c.batch_size, self.p.num_devices,
+            f" ({self.p.member_groups} member groups)" if self.p.member_groups > 1 else "",
+            f"; members {names}" if names else "", self.timing.compile_s,
+        )  # fmt: skip
+
     def _live(self) -> list[int]:
         return [k for k in range(self.K) if k not in self.diverged]
 
@@ -350,8 +362,8 @@ class _Group:
                     continue
                 s = scores.scalars(sums)
                 extra = {}
-                if name == "train":
-                    steps = step - max([e for e in self.plan.eval_steps if e < step], default=0)
+                if name == "train":  # The mean loss of the steps since the last train row.
+                    steps = step - self.summed_from[k]
                     extra = {"batch_loss": float(state.loss_sum) / steps,
                              "learning_rate": lr, "examples_per_sec": ex_s}  # fmt: skip
                 self.writers[k].write(step, name, **s, **extra)
@@ -360,6 +372,7 @@ class _Group:
             bar.set_postfix_str(" | ".join(line[1:-1]))
             bar.log(" | ".join(line))
         self.state = self.state.replace(loss_sum=jnp.zeros_like(self.state.loss_sum))
+        self.summed_from = [step] * self.K
 
     def _finish(self) -> list[Outcome]:
         """Final evaluation of every member on its full splits; results.json."""

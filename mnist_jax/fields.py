@@ -191,7 +191,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "steps_per_call",
         0,
         Int(0),
-        "Steps fused into one jitted call; 0: up to the next period end.",
+        "Steps fused into one jitted call; 0: one, then sized from the step time to about 1 s.",
     ),
     F("eval_batch_size", 10_000, Int(1), "Examples per evaluation batch."),
     F(

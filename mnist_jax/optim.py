@@ -121,6 +121,11 @@ def current_learning_rate(
     )
 
 
+def learning_rate_at(opt: ml_collections.ConfigDict, num_steps: int, count: int) -> float:
+    """The learning rate of the update after `count` updates, in a run of `num_steps`."""
+    return float(opt.learning_rate) * float(unit_schedule(opt, num_steps)(count))
+
+
 def set_hyperparams(opt_state: Any, opt: ml_collections.ConfigDict) -> Any:
     """`opt_state` with the injected hyperparameters replaced by `opt`'s (an allowed config
     change on resume takes effect instead of the checkpoint's old values)."""

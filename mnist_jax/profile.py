@@ -28,7 +28,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
 PROFILE_DIR = "profile"
-FIRST_CHUNK = 10  # The driver's first chunk when steps_per_call is 0 (then sized by time).
+FIRST_CHUNK = 1  # The driver's first chunk when steps_per_call is 0 (then sized by time).
 
 
 def first_chunk(config: ml_collections.ConfigDict, plan: Plan, start: int) -> int:

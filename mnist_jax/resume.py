@@ -5,6 +5,9 @@ A finished run has nothing to do; a diverged one is refused (a sweep keeps it as
 run with more steps than asked is refused; an allowed config change must keep the optimizer
 state's structure and then takes effect in the injected hyperparameters; the newest checkpoint
 is restored and verified (with `fallback`, corrupt newer ones are skipped and reported).
+A resume whose remaining steps would compute something else than the run it continues (other
+data, or a learning-rate schedule stretched over another number of steps) is refused unless
+the change is allowed, and then said in one warning line.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ def start(
     tx: Any,
     num_steps: int,
     *,
+    record: dict[str, Any] | None = None,
     allow_change: bool = False,
     fallback: bool = False,
     keep_diverged: bool = False,
     tag: str = "",
 ) -> Start:
-    """Reads `rundir` (locked by the caller) and returns where `config` starts from."""
+    """Reads `rundir` (locked by the caller) and returns where `config` starts from; `record`
+    is this command's run.json (its resolved step count and data fingerprint)."""
     rundir.check_outputs(config)  # Every path the run writes, before any is written.
     if config.plots:
         from mnist_jax import plot
@@ -89,9 +94,82 @@ def start(
             logging.warning("no intact checkpoint in %s: starting from step 0", rundir.path)
         state = jax.jit(functools.partial(step_lib.init_state, model, tx))(config.seed)
         return Start(state, skipped=skipped)
+    if record is not None:
+        check_same_steps(rundir, config, record, at, allow_change)
     state = step_lib.TrainState(**saved)
     if changed:  # An allowed change takes effect in the injected hyperparameters.
         state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, config.optimizer))
         logging.info("config change allowed (%s): resuming with the new values", ", ".join(changed))
     logging.info("%sresumed from %s at step %d", tag, rundir.checkpoints, at)
     return Start(state, skipped=skipped)
+
+
+def check_same_steps(
+    rundir: RunDir,
+    config: ml_collections.ConfigDict,
+    record: dict[str, Any],
+    at: int,
+    allow_change: bool,
+) -> None:
+    """Refuses to resume at step `at` when the steps after it would not be the ones the run
+    it continues would take: other data, or a non-constant learning-rate schedule stretched
+    over another resolved step count (num_steps, num_epochs). Allowed, says so in a warning,
+    as it says any allowed change of the next step's learning rate."""
+    old, saved = rundir.run_record() or {}, rundir.saved_config() or config
+    if old.get("data") and _data_key(old["data"]) != _data_key(record["data"]):
+        why = (
+            f"{rundir.path} was trained on other data ({_describe(old['data'])}) than this "
+            f"command reads ({_describe(record['data'])}): its remaining steps would train on "
+            "the new data"
+        )
+        _refuse_or_warn(why, "use the same data", allow_change)
+    num_steps = record["num_steps"]
+    old_steps = old.get("num_steps") or _legacy_steps(saved, config, num_steps)
+    was = optim.learning_rate_at(saved.optimizer, old_steps, at)
+    now = optim.learning_rate_at(config.optimizer, num_steps, at)
+    jump = f"the learning rate of step {at + 1} would jump from {was:.3g} (the schedule it was "
+    jump += f"trained on) to {now:.3g}"
+    if config.optimizer.schedule != "constant" and old_steps != num_steps:
+        field = next((f for f in ("num_steps", "num_epochs") if saved[f] != config[f]), None)
+        what = f"{field}={config[field]} (was {saved[field]})" if field else "the data's size"
+        why = (
+            f"{what} stretches the {config.optimizer.schedule} learning-rate schedule of "
+            f"{rundir.path} from {old_steps} to {num_steps} steps: {jump}"
+        )
+        _refuse_or_warn(why, f"keep {field or 'the data'} as it was", allow_change)
+    elif allow_change and was != now:  # Schedule fields changed (check_config allowed it).
+        logging.warning("--allow_config_change: %s", jump.replace("would jump", "jumps"))
+
+
+def _refuse_or_warn(why: str, keep: str, allow_change: bool) -> None:
+    if not allow_change:
+        raise UserError(
+            f"{why}; {keep}, or pass --allow_config_change to resume anyway, or use a new --workdir"
+        )
+    logging.warning("--allow_config_change: %s", why)
+
+
+def _data_key(d: dict[str, Any]) -> tuple:
+    return tuple(d.get(k) for k in ("source", "train", "test", "sha256"))
+
+
+def _describe(d: dict[str, Any]) -> str:
+    return (
+        f"{d.get('source')}: {d.get('train')} train and {d.get('test')} test digits, "
+        f"sha256 {str(d.get('sha256'))[:12]}"
+    )
+
+
+def _legacy_steps(saved: Any, config: Any, n: int) -> int:
+    """A workdir from before run.json: its step count from its config.json (num_epochs scale
+    the step count linearly)."""
+    if saved.num_steps:
+        return int(saved.num_steps)
+    return round(n * saved.num_epochs / config.num_epochs) if config.num_epochs else n
+
+
+def loss_sum_start(rundir: RunDir, step: int) -> int:
+    """The step after which a checkpoint at `step` began adding up `state.loss_sum`: the last
+    train row logged at or before it (logging one resets the sum); 0 if there is none."""
+    rows = [r["step"] for r in rundir.metrics() if r["split"] == "train" and r["step"] <= step]
+    return max(rows, default=0)

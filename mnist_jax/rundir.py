@@ -1,6 +1,8 @@
 """The run directory: the one module that reads and writes a run's files.
 
     <workdir>/config.json      the resolved config (written once the command is known to go on)
+    <workdir>/run.json         what the steps were computed over: the resolved step count the
+                               learning-rate schedule spans, and the data's fingerprint
     <workdir>/metrics.jsonl    one row per split per evaluation (see metrics.py)
     <workdir>/results.json     the final summary, or {"diverged": ...}
     <workdir>/eval_results.json  --mode=eval's scores
@@ -44,6 +46,7 @@ CONFIG, RESULTS, EVAL_RESULTS, METRICS = (
     "eval_results.json",
     "metrics.jsonl",
 )
+RUN = "run.json"
 CHECKPOINTS, CORRUPT, TENSORBOARD, SWEEP = (
     "checkpoints",
     "corrupt_checkpoints",
@@ -161,7 +164,7 @@ class RunDir:
         ckpt = p / CHECKPOINTS
         if ckpt.exists() and not ckpt.is_dir():
             raise UserError(f"{ckpt} is not a directory; move it away to keep checkpoints there")
-        for name in (CONFIG, RESULTS, METRICS, EVAL_RESULTS):
+        for name in (CONFIG, RESULTS, METRICS, EVAL_RESULTS, RUN):
             if (p / name).exists() or (p / name).is_symlink():
                 self.file(name)
 
@@ -250,6 +253,11 @@ class RunDir:
                 "use a new --workdir, or pass --allow_config_change to resume it anyway"
             )
         return changed
+
+    def run_record(self) -> dict[str, Any] | None:
+        """run.json of the latest command that trained here (None: none, or an older run)."""
+        path = self.file(RUN)
+        return read_json(path) if path.exists() else None
 
     def results(self, name: str = RESULTS) -> dict[str, Any] | None:
         """results.json (checked: `results.check`), or None when there is none."""
@@ -368,6 +376,9 @@ class RunDir:
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         self.write_json(CONFIG, config_lib.to_dict(config))
+
+    def write_run_record(self, record: dict[str, Any]) -> None:
+        self.write_json(RUN, record)
 
     def update_results(self, update: dict[str, Any]) -> None:
         self.write_json(RESULTS, {**(self.results() or {}), **update})

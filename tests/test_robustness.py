@@ -5,6 +5,7 @@ test_data.py, test_cli.py and test_reproducibility.py.)"""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -111,6 +112,37 @@ def test_signal_mid_run_then_resume_is_exact(tmp_path, idx_dir, reference, sig, 
     assert metric_rows(tmp_path) == metric_rows(reference)
 
 
+# A step of this CNN takes about a second on a loaded 2-core CPU: with ten of them as the first
+# chunk (before), a signal took 11-12 s; with one, 2.3 s (both measured from the signal to exit).
+_SLOW_STEPS = ["--config.model.name=cnn", "--config.model.conv_features=(32, 64)",
+               "--config.model.hidden_units=(64,)", "--config.batch_size=200",
+               "--config.num_steps=500", "--config.num_periods=1"]  # fmt: skip
+
+
+def test_sigterm_right_after_training_starts_is_honoured_after_one_step(tmp_path, idx_dir):
+    """The promise: once training has started (the `compiled in` line), a signal ends the
+    command after the chunk under way; the first chunk is one step, so even a config whose
+    step is slow stops at once (the time bound is generous for a loaded CI machine; the step
+    it stops at is the exact check)."""
+    proc = subprocess.Popen(
+        _args(idx_dir, tmp_path, *_SLOW_STEPS), cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    head = []
+    for line in proc.stderr:
+        head.append(line)
+        if "compiled in" in line:
+            break
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    latency = time.time() - sent
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(head)[-2000:] + err[-2000:]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", err)[1])
+    assert 1 <= stopped <= 3  # The first chunk (one step), or the next (also about one).
+    assert latest_checkpoint(tmp_path) == stopped
+    assert latency < 6.0, f"{latency:.1f} s from SIGTERM to exit"
+
+
 @pytest.mark.parametrize("rows", [40])  # Mid-run, between checkpoints.
 def test_kill_9_never_leaves_an_unrestorable_checkpoint(tmp_path, idx_dir, reference, rows):
     args = _args(idx_dir, tmp_path, *_LONG)
@@ -144,9 +176,9 @@ def test_full_disk_fails_cleanly_and_keeps_the_finished_checkpoints(tmp_path, id
     line = _one_error_line(proc)
     assert "File too large" in line or "cannot" in line, line
     for path, content in before.items():
-        # metrics.jsonl is appended to; config.json is replaced (atomically) by the resumed
-        # run's, which asks for more steps.
-        if path.name not in ("metrics.jsonl", "config.json"):
+        # metrics.jsonl is appended to; config.json and run.json are replaced (atomically) by
+        # the resumed run's, which asks for more steps.
+        if path.name not in ("metrics.jsonl", "config.json", "run.json"):
             assert path.read_bytes() == content, path
     assert metrics.read_json(tmp_path / "config.json")["num_steps"] == 80
     assert latest_checkpoint(tmp_path) == 40
