@@ -136,8 +136,12 @@ def run(
             outs += run([m], allow_config_change=True, fallback_checkpoint=fallback_checkpoint,
                         progress=progress, data_cache=data_cache, placement=placement)  # fmt: skip
         return done + outs
-    group = _Group(todo, states, datasets, train_full, test, plan, model, placement, timing)
-    return done + group.train(vectorize, progress)
+    try:  # Every way out (Ctrl-C while compiling too) unlocks: a later call resumes.
+        group = _Group(todo, states, datasets, train_full, test, plan, model, placement, timing)
+        return done + group.train(vectorize, progress)
+    finally:
+        for m in todo:
+            m.rundir.unlock()
 
 
 def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_checkpoint):
@@ -194,10 +198,7 @@ class _Group:
         self.lr = [optim.current_learning_rate(m.config.optimizer, plan.num_steps) for m in members]
         self.diverged: dict[int, int] = {}
         self.steps = 0  # Steps trained by this command (each member).
-        start = int(np.asarray(self.state.step).reshape(-1)[0])
-        self.writers = [
-            metrics.MetricWriter(m.rundir, m.config.tensorboard, start) for m in members
-        ]
+        self.writers: list[metrics.MetricWriter] = []  # Opened by `train`.
 
     def member_state(self, k: int) -> step_lib.TrainState:
         return jax.tree_util.tree_map(lambda x: x[k], self.state)
@@ -227,80 +228,100 @@ class _Group:
         return compiled
 
     def train(self, vectorize: str, progress: bool | None) -> list[Outcome]:
-        compiled = self.compile(vectorize)
-        self.start = start = int(self.state.step[0])
-        c, plan = self.config, self.plan
-        names = ", ".join(m.name for m in self.members if m.name)
-        logging.info(
-            "model %s: %d parameters; %d steps of batch %d on %d device(s)%s; compiled in %.2fs",
-            c.model.name, models.count_params(self.member_state(0).params), plan.num_steps,
-            c.batch_size, self.p.num_devices, f"; members {names}" if names else "",
-            self.timing.compile_s,
-        )  # fmt: skip
-        bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
-        ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
-                 for m in self.members]  # fmt: skip
-        step, chunk_len = start, c.steps_per_call or 10  # Then sized from the step time.
-        period_steps, period_time = 0, 0.0
+        """Compiles and trains; whatever the way out, closes what it opened (bar, writers,
+        checkpoint managers) and unlocks the members."""
+        bar, ckpts = None, []
+        self.start = self.at = start = int(self.state.step[0])
         try:
-            with StopSignal() as stop:
-                while step < plan.num_steps and len(self.diverged) < self.K:
-                    n = min(plan.next_stop(step) - step, chunk_len)
-                    t = time.time()
-                    self.state, stats = compiled(
-                        self.state, self.images, self.labels, self.rows, step, n
-                    )
-                    stats = jax.device_get(stats)  # Also waits for the chunk to finish.
-                    elapsed = time.time() - t
-                    self.timing.train_s += elapsed
-                    step += n
-                    self.steps += n
-                    period_steps += n
-                    period_time += elapsed
-                    if not c.steps_per_call:
-                        chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
-                        chunk_len = distributed.min_over_processes(chunk_len)
-                    self._check_divergence(stats, ckpts)
-                    if step in plan.eval_steps:  # Before the save: it resets state.loss_sum.
-                        ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
-                        self._log_period(step, ex_s, bar)
-                        period_steps, period_time = 0, 0.0
-                    if step in plan.checkpoint_steps:
-                        self._save(ckpts, step)
-                    bar.update(n)
-                    last = step == plan.num_steps  # A signal now lets the results be written.
-                    if not last and distributed.any_process(stop.signum is not None):
-                        self._save(ckpts, step)
-                        for ck in ckpts:
-                            ck.wait()
-                        sig = stop.signum or signal.SIGTERM
-                        raise Interrupted(
-                            sig,
-                            f"stopped by {signal.Signals(sig).name} at step {step}; checkpoint "
-                            "saved: rerun the same command to resume",
-                        )
-                bar.close()
-                if len(self.diverged) == self.K == 1:
-                    self._raise_diverged(ckpts[0])
-                self._save(ckpts, plan.num_steps)
-                outcomes = self._finish()
-                for ck in ckpts:
-                    ck.wait()
-                if stop.signum is not None:  # After the last step: results are written.
-                    sig = stop.signum
-                    raise Interrupted(
-                        sig,
-                        f"stopped by {signal.Signals(sig).name} after the last step; results "
-                        "are written, plots skipped",
-                    )
+            compiled = self.compile(vectorize)
+            c, plan = self.config, self.plan
+            names = ", ".join(m.name for m in self.members if m.name)
+            logging.info(
+                "model %s: %d parameters; %d steps of batch %d on %d device(s)%s; compiled in "
+                "%.2fs", c.model.name, models.count_params(self.member_state(0).params),
+                plan.num_steps, c.batch_size, self.p.num_devices,
+                f"; members {names}" if names else "", self.timing.compile_s,
+            )  # fmt: skip
+            self.writers = [metrics.MetricWriter(m.rundir, m.config.tensorboard, start,
+                                                 self.timing.t0) for m in self.members]  # fmt: skip
+            bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
+            ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
+                     for m in self.members]  # fmt: skip
+            with StopSignal() as stop:  # Also over the closing below: a late signal waits.
+                try:
+                    return self._loop(compiled, bar, ckpts, stop)
+                finally:
+                    self._close(bar, ckpts)
+        except Exception as e:  # A collective (or orbax's save) that lost a dead peer.
+            distributed.raise_if_peer_lost(e, self.at)
+            raise
         finally:
-            bar.close()
-            for w in self.writers:
-                w.close()
-            for ck in ckpts:
-                ck.__exit__(*((None,) * 3))
+            self._close(bar, ckpts)
             for m in self.members:
                 m.rundir.unlock()
+
+    def _close(self, bar, ckpts) -> None:
+        if bar is not None:
+            bar.close()
+        while self.writers:
+            self.writers.pop().close()
+        while ckpts:
+            ckpts.pop().__exit__(*((None,) * 3))
+
+    def _loop(self, compiled, bar, ckpts, stop) -> list[Outcome]:
+        """Chunks of steps up to num_steps, with evaluations, checkpoints and stop signals
+        between them; then the final save and evaluation."""
+        c, plan = self.config, self.plan
+        step, chunk_len = self.start, c.steps_per_call or 10  # Then sized from the step time.
+        period_steps, period_time = 0, 0.0
+        while step < plan.num_steps and len(self.diverged) < self.K:
+            n = min(plan.next_stop(step) - step, chunk_len)
+            t = time.time()
+            self.state, stats = compiled(self.state, self.images, self.labels, self.rows, step, n)
+            stats = jax.device_get(stats)  # Also waits for the chunk to finish.
+            elapsed = time.time() - t
+            self.timing.train_s += elapsed
+            step += n
+            self.at = step
+            self.steps += n
+            period_steps += n
+            period_time += elapsed
+            if not c.steps_per_call:
+                chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
+                chunk_len = distributed.min_over_processes(chunk_len)
+            self._check_divergence(stats, ckpts)
+            if step in plan.eval_steps:  # Before the save: it resets state.loss_sum.
+                ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
+                self._log_period(step, ex_s, bar)
+                period_steps, period_time = 0, 0.0
+            if step in plan.checkpoint_steps:
+                self._save(ckpts, step)
+            bar.update(n)
+            last = step == plan.num_steps  # A signal now lets the results be written.
+            if not last and distributed.any_process(stop.signum is not None):
+                self._save(ckpts, step)
+                for ck in ckpts:
+                    ck.wait()
+                sig = stop.signum or signal.SIGTERM
+                raise Interrupted(
+                    sig,
+                    f"stopped by {signal.Signals(sig).name} at step {step}; checkpoint "
+                    "saved: rerun the same command to resume",
+                )
+        bar.close()
+        if len(self.diverged) == self.K == 1:
+            self._raise_diverged(ckpts[0])
+        self._save(ckpts, plan.num_steps)
+        outcomes = self._finish()
+        for ck in ckpts:
+            ck.wait()
+        if stop.signum is not None:  # After the last step: results are written.
+            sig = stop.signum
+            raise Interrupted(
+                sig,
+                f"stopped by {signal.Signals(sig).name} after the last step; results "
+                "are written, plots skipped",
+            )
         return outcomes
 
     def _live(self) -> list[int]:

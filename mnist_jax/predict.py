@@ -77,14 +77,12 @@ def read_rows(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels.astype(np.uint8), None if labels is None else labels.astype(np.int32)
 
 
-def _check_config(workdir: Path, saved) -> None:
+def _check_config(workdir: Path, saved, overrides: dict) -> None:
     """An explicit --config must describe the run's model (predict always uses the run's)."""
     from absl import flags
 
-    from mnist_jax import cli
-
     flag = flags.FLAGS["config"]
-    if not flag.present and not cli.OVERRIDES:
+    if not flag.present and not overrides:
         return
     from mnist_jax import config as config_lib
 
@@ -104,7 +102,7 @@ def _show(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], overrides: dict) -> int:
     from absl import flags
 
     from mnist_jax import evaluate
@@ -115,7 +113,7 @@ def main(argv: list[str]) -> int:
         raise UserError("usage: python -m mnist_jax.predict --workdir=RUN IMAGE... | --csv=FILE")
     csv = read_rows(f.csv) if f.csv else None  # Inputs first: nothing is restored for a typo.
     model, params, saved = evaluate.restore_model(f.workdir)
-    _check_config(Path(f.workdir), saved)
+    _check_config(Path(f.workdir), saved, overrides)
     failures = 0
     if csv is not None:
         images, labels = csv

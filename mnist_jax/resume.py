@@ -5,6 +5,10 @@ A finished run has nothing to do; a diverged one is refused (a sweep keeps it as
 run with more steps than asked is refused; an allowed config change must keep the optimizer
 state's structure and then takes effect in the injected hyperparameters; the newest checkpoint
 is restored and verified (with `fallback`, corrupt newer ones are skipped and reported).
+
+In a multi-process run process 0 reads the directory and every process follows its reading
+(`distributed.from_process_0`), and each restore's success is agreed: a process that starts
+late, or sees the shared directory later, still takes the same path as the others.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from mnist_jax import checkpoint as ckpt_lib, optim, step as step_lib
+from mnist_jax import checkpoint as ckpt_lib, distributed, optim, step as step_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -31,19 +35,9 @@ class Start:
     skipped: list[int] = dataclasses.field(default_factory=list)  # Corrupt steps passed over.
 
 
-def start(
-    rundir: RunDir,
-    config: ml_collections.ConfigDict,
-    model: Any,
-    tx: Any,
-    num_steps: int,
-    *,
-    allow_change: bool = False,
-    fallback: bool = False,
-    keep_diverged: bool = False,
-    tag: str = "",
-) -> Start:
-    """Reads `rundir` (locked by the caller) and returns where `config` starts from."""
+def read(rundir: RunDir, config: ml_collections.ConfigDict, allow_change: bool) -> dict[str, Any]:
+    """What `rundir` says, checked (UserError otherwise) and as JSON: the changed config fields,
+    results.json of a finished run, whether it diverged, its checkpoint steps."""
     changed = rundir.check_config(config, allow_change)
     if changed:
         old = optim.structure(rundir.saved_config().optimizer)
@@ -59,13 +53,35 @@ def start(
         from mnist_jax import plot
 
         plot.check_run_outputs(rundir.path)  # Before training, not after.
-    finished = rundir.finished()
     rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
+    steps = ckpt_lib.finalized_steps(rundir.checkpoints)
+    results = rundir.results() or {}
+    return {"changed": changed, "finished": rundir.finished(), "steps": steps,
+            "diverged": bool(results.get("diverged")), "results": results}  # fmt: skip
+
+
+def start(
+    rundir: RunDir,
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: Any,
+    num_steps: int,
+    *,
+    allow_change: bool = False,
+    fallback: bool = False,
+    keep_diverged: bool = False,
+    tag: str = "",
+) -> Start:
+    """Reads `rundir` (locked by the caller) and returns where `config` starts from."""
+    seen = distributed.from_process_0(lambda: read(rundir, config, allow_change))
+    changed, finished = seen["changed"], seen["finished"]
     saved, at, skipped = None, None, []
-    if rundir.checkpoints.is_dir():
+    if seen["steps"]:
         abstract = jax.eval_shape(lambda: step_lib.init_state(model, tx, 0))
         with ckpt_lib.Checkpointer(rundir.checkpoints, create=False) as c:
-            saved, at, skipped = ckpt_lib.restore_latest(c, abstract, fallback)
+            saved, at, skipped = ckpt_lib.restore_latest(
+                c, abstract, fallback, steps=seen["steps"], agree=distributed.first_error
+            )
     at = at or 0
     if finished and at == num_steps and not changed:
         logging.info("%s already finished %d steps; nothing to do", rundir.path, at)
@@ -75,10 +91,9 @@ def start(
             f"{rundir.path} already trained {at} steps, more than num_steps={num_steps}; "
             "raise num_steps or use a new --workdir"
         )
-    diverged = (rundir.results() or {}).get("diverged")
-    if diverged and not changed:
+    if seen["diverged"] and not changed:
         if keep_diverged:  # A sweep's diverged member stays as it was recorded.
-            return Start(None, rundir.results())
+            return Start(None, seen["results"])
         raise UserError(
             f"{rundir.path} diverged earlier (see its results.json); lower the learning rate "
             "with --allow_config_change, or use a new --workdir"

@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import flags, logging
 
-from mnist_jax import cli, config as config_lib, driver, metrics, plot
+from mnist_jax import cli, config as config_lib, driver, plot
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -143,11 +143,7 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Trains every member through the run driver (each resumes from its own checkpoint),
     writes each one's single-run outputs, and the sweep's tables and figure."""
-    from mnist_jax import api
-
     t0 = time.time()
-    metrics.T0 = t0
-    api.enable_compilation_cache()
     workdir = Path(workdir)
     all_members = members(config, specs, workdir)
     if len({m.name for m in all_members}) != len(all_members):
@@ -221,8 +217,10 @@ def _write_tables(rows: list[dict[str, Any]], rundir: RunDir) -> None:
     )
 
 
-def main(argv: list[str]) -> None:
-    """The command line (flags defined under __main__, as in plot.py)."""
+def main(argv: list[str], overrides: dict[str, Any]) -> None:
+    """The command line (flags defined under __main__, as in plot.py); it, not `run_sweep`,
+    turns on JAX's compilation cache."""
+    del overrides  # Already in the config.
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
@@ -232,6 +230,9 @@ def main(argv: list[str]) -> None:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
+    from mnist_jax import api
+
+    api.enable_compilation_cache()
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
         fallback_checkpoint=f.fallback_checkpoint,
