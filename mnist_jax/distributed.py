@@ -78,17 +78,31 @@ def check_coordinator(coordinator_address: str, process_id: int, timeout_s: int)
                 ) from None
         return
     deadline = time.time() + timeout_s
-    while True:
+    why = "nothing answers"
+    while time.time() < deadline:
         try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-            return
+            if _speaks_grpc(host, int(port)):
+                return
+            why = "something else listens there"
         except OSError as e:
-            if time.time() > deadline:
-                raise UserError(
-                    f"no coordinator at {coordinator_address} after {timeout_s}s ({e.strerror}): "
-                    "start process 0 with the same --coordinator_address"
-                ) from None
-            time.sleep(0.2)
+            why = e.strerror or type(e).__name__
+        time.sleep(0.5)
+    raise UserError(
+        f"no JAX coordinator at {coordinator_address} after {timeout_s}s ({why}): start "
+        "process 0 with the same --coordinator_address, on a free port"
+    )
+
+
+def _speaks_grpc(host: str, port: int) -> bool:
+    """Whether the server at host:port answers HTTP/2 (JAX's coordinator is a gRPC server):
+    to the client preface it replies with a SETTINGS frame."""
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        try:
+            header = s.recv(9)
+        except TimeoutError:
+            return False
+    return len(header) == 9 and header[3] == 4
 
 
 def initialize(
