@@ -13,9 +13,13 @@ peer is said as such (`raise_if_peer_lost`).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,9 +114,13 @@ def initialize(
     num_processes: int = 0,
     process_id: int = -1,
     timeout_s: int = 300,
+    peer_timeout_s: float = 30.0,
 ) -> None:
     """Calls `jax.distributed.initialize` when flags or the environment ask for several
-    processes; a no-op for a single-process run. Must run before any JAX computation."""
+    processes, and starts the `Watchdog`; a no-op for a single-process run. Must run before
+    any JAX computation (the command line calls it: it is process-wide)."""
+    if peer_timeout_s <= 0:
+        raise UserError(f"--peer_timeout={peer_timeout_s:g}: must be positive")
     check_flags(coordinator_address, num_processes, process_id, timeout_s)
     if coordinator_address:
         check_coordinator(coordinator_address, process_id, timeout_s)
@@ -136,6 +144,69 @@ def initialize(
         jax.local_device_count(),
         jax.device_count(),
     )
+    Watchdog(peer_timeout_s).start()
+
+
+class Watchdog:
+    """Each process beats once a second in JAX's key-value store; a peer whose beat stops for
+    `timeout_s` (killed, or its host lost) ends this process at once with one line, exit 1,
+    instead of a hang in a collective and then JAX's C++ abort. A process that exits normally
+    says so first, and is not waited for."""
+
+    def __init__(self, timeout_s: float):
+        from jax._src import distributed as jax_distributed  # The runtime's client.
+
+        self.client = jax_distributed.global_state.client
+        self.timeout_s, self.me, self.n = timeout_s, jax.process_index(), jax.process_count()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="mnist_jax-watchdog", daemon=True).start()
+        atexit.register(self.stop)  # Runs before JAX's own shutdown (registered earlier).
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            with contextlib.suppress(Exception):  # The coordinator may be gone already.
+                self.client.key_value_set(f"mnist_jax/done/{self.me}", "1", allow_overwrite=True)
+
+    def _run(self) -> None:
+        beats, seen = 0, {p: (None, time.time()) for p in range(self.n) if p != self.me}
+        while not self._stop.wait(1.0):
+            beats += 1
+            try:
+                self.client.key_value_set(f"mnist_jax/beat/{self.me}", str(beats), True)
+                for p in list(seen):
+                    if self._value(f"mnist_jax/done/{p}"):
+                        del seen[p]
+                        continue
+                    beat = self._value(f"mnist_jax/beat/{p}")
+                    if beat != seen[p][0]:
+                        seen[p] = (beat, time.time())
+                    elif time.time() - seen[p][1] > self.timeout_s:
+                        self._lost(f"process {p}")
+            except Exception:  # The key-value store is process 0's: it is gone.
+                if not self._stop.is_set():
+                    self._lost("process 0 (the coordinator)")
+
+    def _value(self, key: str) -> str | None:
+        try:
+            return self.client.key_value_try_get(key)
+        except Exception as e:
+            if "not found" in str(e).lower():
+                return None
+            raise
+
+    def _lost(self, who: str) -> None:
+        if self._stop.is_set():
+            return
+        sys.stderr.write(
+            f"error: {who} stopped responding (peer lost) for {self.timeout_s:g}s: every "
+            "process must be restarted; the checkpoints saved so far are intact and the same "
+            "command resumes from them\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def any_process(flag: bool) -> bool:

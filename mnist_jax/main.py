@@ -44,6 +44,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-ba
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout", 300, "Seconds to wait for all processes to join."
 )
+_PEER_TIMEOUT = flags.DEFINE_float(
+    "peer_timeout", 30, "Seconds a silent process of a multi-process run is taken for lost."
+)
 
 
 def run(argv: list[str], overrides: dict) -> int:
@@ -70,8 +73,9 @@ def run(argv: list[str], overrides: dict) -> int:
     from mnist_jax import api, distributed, evaluate  # Imported after flags parse: jax.
 
     distributed.initialize(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
-    )
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value,
+        _PEER_TIMEOUT.value,
+    )  # fmt: skip
     if _MODE.value == "eval":
         other = [k for k in overrides if not k.startswith("data.")]
         if flags.FLAGS["config"].present:  # Allowed when it describes the run's own model.
