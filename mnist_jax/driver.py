@@ -164,6 +164,14 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
     return states, done, todo, skipped
 
 
+def _stopped(ckpts, signum: int | None, what: str) -> None:
+    """Waits for the checkpoints, then raises Interrupted (a peer's signal: SIGTERM's)."""
+    for ck in ckpts:
+        ck.wait()
+    sig = signum or signal.SIGTERM
+    raise Interrupted(sig, f"stopped by {signal.Signals(sig).name} {what}")
+
+
 def _tag(m: Member) -> str:
     return f"[{m.name}] " if m.name else ""
 
@@ -300,28 +308,17 @@ class _Group:
             last = step == plan.num_steps  # A signal now lets the results be written.
             if not last and distributed.any_process(stop.signum is not None):
                 self._save(ckpts, step)
-                for ck in ckpts:
-                    ck.wait()
-                sig = stop.signum or signal.SIGTERM
-                raise Interrupted(
-                    sig,
-                    f"stopped by {signal.Signals(sig).name} at step {step}; checkpoint "
-                    "saved: rerun the same command to resume",
-                )
+                _stopped(ckpts, stop.signum, f"at step {step}; checkpoint saved: rerun the "
+                         "same command to resume")  # fmt: skip
         bar.close()
         if len(self.diverged) == self.K == 1:
             self._raise_diverged(ckpts[0])
         self._save(ckpts, plan.num_steps)
         outcomes = self._finish()
+        if stop.signum is not None:  # After the last step: results are written.
+            _stopped(ckpts, stop.signum, "after the last step; results are written, plots skipped")
         for ck in ckpts:
             ck.wait()
-        if stop.signum is not None:  # After the last step: results are written.
-            sig = stop.signum
-            raise Interrupted(
-                sig,
-                f"stopped by {signal.Signals(sig).name} after the last step; results "
-                "are written, plots skipped",
-            )
         return outcomes
 
     def _live(self) -> list[int]:
