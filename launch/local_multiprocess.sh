@@ -10,6 +10,17 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 num_processes=$1; workdir=$2; shift 2
+positive() {  # NAME VALUE: a whole number >= 1, else one error line and exit 1.
+  if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$((10#$2))" -lt 1 ]; then
+    echo "error: $1=$2: expected a whole number >= 1" >&2
+    exit 1
+  fi
+}
+positive NUM_PROCESSES "$num_processes"
+positive DEVICES_PER_PROCESS "${DEVICES_PER_PROCESS:-2}"
+positive INIT_TIMEOUT "${INIT_TIMEOUT:-120}"
+if [ -n "${PORT:-}" ]; then positive PORT "$PORT"; fi
+num_processes=$((10#$num_processes))
 port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export JAX_NUM_CPU_DEVICES=${DEVICES_PER_PROCESS:-2}

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import config as config_lib, data as data_lib, driver, evaluate, metrics
+from mnist_jax import config as config_lib, data as data_lib, driver, evaluate
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -29,8 +29,9 @@ CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
-    """Turns on JAX's persistent compilation cache so a second run of a config compiles in
-    well under a second. Default: $MNIST_JAX_COMPILATION_CACHE, else <user cache>/mnist_jax/jax;
+    """Turns on JAX's persistent compilation cache (process-wide jax.config: the command line
+    calls it; `train` does not) so a second run of a config compiles in well under a second.
+    Default: $MNIST_JAX_COMPILATION_CACHE, else <user cache>/mnist_jax/jax;
     '0' or 'off' disables it. Trust: compiled programs are loaded from that directory, so keep
     it private to you (it is under your own cache directory by default)."""
     directory = directory or os.environ.get(CACHE_ENV, "")
@@ -193,10 +194,10 @@ def train(
     t0: float | None = None,
 ) -> Run:
     """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates it on the
-    test set, writes results.json and, if `config.plots`, plots/ and report.md."""
+    test set, writes results.json and, if `config.plots`, plots/ and report.md. Changes no
+    process-wide setting (jax.config, signal handlers); on any way out, Ctrl-C included, the
+    workdir is unlocked and a later call resumes it."""
     t0 = time.time() if t0 is None else t0
-    metrics.T0 = t0
-    enable_compilation_cache()
     member = driver.Member(config, RunDir(workdir))
     (outcome,) = driver.run(
         [member],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,19 +209,38 @@ def _check_shapes(metadata: Any, target: Any, where: Path) -> None:
         )
 
 
+def finalized_steps(directory: str | os.PathLike) -> list[int]:
+    """The complete checkpoint steps in `directory` (none if it is absent), read from the
+    file system alone: no orbax manager, so no collective, for one process to call."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(ocp.utils.checkpoint_steps(directory))
+
+
 def restore_latest(
-    ckpt: Checkpointer, abstract_state: Any | None, fallback: bool = False
+    ckpt: Checkpointer,
+    abstract_state: Any | None,
+    fallback: bool = False,
+    steps: list[int] | None = None,
+    agree: Callable[[UserError | None], UserError | None] = lambda e: e,
 ) -> tuple[dict[str, Any] | None, int | None, list[int]]:
-    """The newest checkpoint that restores; with `fallback`, a bad one is skipped (and said),
-    else its error stands. Returns (saved dict, step, skipped steps); (None, None, ...) when
-    there is none."""
+    """The newest of `steps` (default: all) that restores; with `fallback`, a bad one is
+    skipped (and said), else its error stands. `agree` turns this process's outcome of each
+    restore into every process's (`distributed.first_error`). Returns (saved dict, step,
+    skipped steps); (None, None, ...) when there is none."""
     skipped = []
-    for step in reversed(ckpt.all_steps()):
+    for step in reversed(ckpt.all_steps() if steps is None else sorted(steps)):
+        saved, error = None, None
         try:
-            return ckpt.restore(abstract_state, step), step, skipped
+            saved = ckpt.restore(abstract_state, step)
         except UserError as e:
-            if not fallback:
-                raise
-            logging.warning("skipping checkpoint %d: %s", step, e)
-            skipped.append(step)
+            error = e
+        error = agree(error)
+        if error is None:
+            return saved, step, skipped
+        if not fallback:
+            raise error
+        logging.warning("skipping checkpoint %d: %s", step, error)
+        skipped.append(step)
     return None, None, skipped

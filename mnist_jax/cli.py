@@ -4,13 +4,17 @@ signals and exit codes.
 `run(fn)` is `absl.app.run` with these differences: every bad input (a flag, a config file, a
 config field) prints one `error: ...` line and exits 1; `--config=dnn` names a shipped config;
 a repeated `--config.x=` flag replaces the earlier one (the last wins); the config is complete
-and validated before `fn` runs. SIGINT/SIGTERM print one line and exit 130/143: during start-up
-at once, later after the training loop saved its checkpoint. `--verbosity=1` shows tracebacks.
+and validated before `fn` runs; `fn(argv, overrides)` gets the `--config.FIELD` values given.
+A stop signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1) prints one line and exits 128+signal: during
+start-up at once, later after the training loop saved its checkpoint. `--verbosity=1` shows
+tracebacks. The command line, not the library, sets process-wide state (signal handlers here,
+JAX's compilation cache in each tool's main).
 A closed stdout (`... | head -1`) ends the command quietly with status 1.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -19,11 +23,11 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import STOP_SIGNALS, PeerLost, UserError
 
 
 class Stopped(BaseException):
-    """SIGTERM (or SIGINT) outside the training loop, which handles its own."""
+    """A stop signal outside the training loop, which handles its own."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -31,11 +35,15 @@ class Stopped(BaseException):
 
 
 def install_startup_handlers() -> None:
-    """Until `run` hands over to the command, SIGINT and SIGTERM print one line and exit
-    130/143 at once: nothing has been written yet, and no traceback is wanted."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    """Until `run` hands over to the command, a stop signal prints one line and exits
+    128+signal at once: nothing has been written yet, and no traceback is wanted."""
+    _install(_exit_during_startup)
+
+
+def _install(handler: Callable[[int, Any], None], sigint: Any = None) -> None:
+    for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup and `cmd &` keep theirs.
-            signal.signal(sig, _exit_during_startup)
+            signal.signal(sig, sigint if sig == signal.SIGINT and sigint else handler)
 
 
 def _exit_during_startup(signum: int, frame: Any) -> None:
@@ -61,13 +69,13 @@ class _QuietLibraries(logging.logging.Filter):
         return not noisy or record.levelno >= logging.logging.WARNING
 
 
-def run(fn: Callable[[list[str]], int | None]) -> None:
-    """Runs `fn(argv)` as the program's main."""
+def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
+    """Runs `fn(argv, overrides)` as the program's main."""
     install_startup_handlers()
+    overrides: dict[str, Any] = {}  # Filled by parse_flags.
 
     def main(argv: list[str]) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_stopped)
+        _install(_raise_stopped, sigint=signal.default_int_handler)
         verbose = logging.get_verbosity() >= logging.DEBUG
         if not verbose:
             logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -75,12 +83,12 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
             # loop and Python would print a traceback for each; one line each is enough.
             sys.unraisablehook = _one_line_unraisable
         try:
-            code = fn(argv) or 0
+            code = fn(argv, dict(overrides)) or 0
         except UserError as e:
             if verbose:
                 raise
             print(f"error: {one_line(e)}", file=sys.stderr)
-            _exit(1)
+            _exit(1, now=isinstance(e, PeerLost))
         except (KeyboardInterrupt, Stopped) as e:  # Outside the training loop.
             signum = getattr(e, "signum", signal.SIGINT)
             print(
@@ -97,7 +105,7 @@ def run(fn: Callable[[list[str]], int | None]) -> None:
         _exit(code)
 
     try:
-        app.run(main, flags_parser=parse_flags)
+        app.run(main, flags_parser=functools.partial(parse_flags, overrides=overrides))
     except BrokenPipeError:  # stdout's reader left early (`| head -1`): exit quietly.
         _quiet_broken_pipe()
 
@@ -110,15 +118,16 @@ def _quiet_broken_pipe() -> None:
     sys.exit(1)
 
 
-def _exit(code: int) -> None:
+def _exit(code: int, now: bool = False) -> None:
     """Exits with `code`; if a library left a non-daemon thread running (orbax after a failed
-    save), ends the process anyway rather than hang at shutdown."""
+    save), or `now` (a lost peer: JAX's shutdown would wait for it, then abort), ends the
+    process at once rather than hang or abort at shutdown."""
     import threading
 
     sys.stdout.flush()
     sys.stderr.flush()
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if any(t.is_alive() and not t.daemon for t in others):
+    if now or any(t.is_alive() and not t.daemon for t in others):
         logging.flush()
         os._exit(code)
     sys.exit(code)
@@ -140,14 +149,14 @@ def _one_line_unraisable(unraisable) -> None:
 # ----------------------------------------------------------------------------- flags
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], overrides: dict[str, Any] | None = None) -> list[str]:
     """absl's parse, with the config built by `split_config_args` (complete, overridden,
-    validated) and every failure as one line."""
+    validated; its overrides put in `overrides`) and every failure as one line."""
     install_startup_handlers()
     try:
         config = None
         if "config" in flags.FLAGS and not any(a in _HELP for a in argv):
-            argv, config = split_config_args(argv)
+            argv, config = split_config_args(argv, overrides)
         sys.argv = argv  # config_flags reads sys.argv: it must not see the overrides again.
         remaining = flags.FLAGS(argv)
         if config is not None:
@@ -160,14 +169,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
-OVERRIDES: dict[str, Any] = {}  # The `--config.FIELD` values given on this command line.
 _HELP = ("--help", "-help", "--helpfull", "-h", "-?", "--helpshort")
 
 
-def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
-    """(argv without the `--config.FIELD=VALUE` overrides, the validated config). The file is
-    named by `--config=NAME_OR_PATH` (a shipped name or a path); of a repeated override the
-    last wins; a scalar for a tuple field is a one-tuple; an unknown field is an error."""
+def split_config_args(
+    argv: list[str], overrides: dict[str, Any] | None = None
+) -> tuple[list[str], Any]:
+    """(argv without the `--config.FIELD=VALUE` overrides, the validated config); the typed
+    overrides go into `overrides` when given. The file is named by `--config=NAME_OR_PATH` (a
+    shipped name or a path); of a repeated override the last wins; a scalar for a tuple field
+    is a one-tuple; an unknown field is an error."""
     from mnist_jax import config as config_lib
 
     argv = _joined_config_flag(argv)
@@ -206,8 +217,9 @@ def split_config_args(argv: list[str]) -> tuple[list[str], Any]:
         values[name] = raw  # Only the last value is parsed: the others are replaced.
     typed = {n: _typed(n, config_lib.field_value(config, n), raw) for n, raw in values.items()}
     config_lib.apply_overrides(config, typed)
-    OVERRIDES.clear()
-    OVERRIDES.update(typed)
+    if overrides is not None:
+        overrides.clear()
+        overrides.update(typed)
     config_lib.validate(config)
     config.lock()
     return rest, config

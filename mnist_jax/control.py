@@ -12,7 +12,7 @@ import ml_collections
 from absl import logging
 
 from mnist_jax import config as config_lib
-from mnist_jax.errors import UserError
+from mnist_jax.errors import STOP_SIGNALS, UserError
 
 
 @dataclasses.dataclass
@@ -53,7 +53,9 @@ def make_plan(config: ml_collections.ConfigDict, num_train: int, max_epochs: flo
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag checked between jitted calls (main thread only)."""
+    """Turns the `STOP_SIGNALS` into a flag checked between jitted calls (main thread only);
+    a signal the process ignores (nohup, `cmd &`) stays ignored. The handlers it replaced are
+    put back on exit, whatever the way out."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -61,8 +63,9 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -71,6 +74,7 @@ class StopSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
 
 @dataclasses.dataclass

@@ -171,6 +171,14 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
     return states, done, todo, skipped
 
 
+def _stopped(ckpts, signum: int | None, what: str) -> None:
+    """Waits for the checkpoints, then raises Interrupted (a peer's signal: SIGTERM's)."""
+    for ck in ckpts:
+        ck.wait()
+    sig = signum or signal.SIGTERM
+    raise Interrupted(sig, f"stopped by {signal.Signals(sig).name} {what}")
+
+
 def _tag(m: Member) -> str:
     return f"[{m.name}] " if m.name else ""
 
@@ -204,10 +212,8 @@ class _Group:
         self.lr = [optim.current_learning_rate(m.config.optimizer, plan.num_steps) for m in members]
         self.diverged: dict[int, int] = {}
         self.steps = 0  # Steps trained by this command (each member).
+        self.writers: list[metrics.MetricWriter] = []  # Opened by `train`.
         start = int(np.asarray(self.state.step).reshape(-1)[0])
-        self.writers = [
-            metrics.MetricWriter(m.rundir, m.config.tensorboard, start) for m in members
-        ]
         # Per member, the step after which state.loss_sum began: its last logged train row.
         self.summed_from = [resume.loss_sum_start(m.rundir, start) for m in members]
 
@@ -235,78 +241,92 @@ class _Group:
         return compiled
 
     def train(self, vectorize: str, progress: bool | None) -> list[Outcome]:
-        compiled = self.compile(vectorize)
-        self.start = start = int(self.state.step[0])
+        """Compiles and trains; whatever the way out, closes what it opened (bar, writers,
+        checkpoint managers, a profiler trace) and unlocks the members."""
+        bar, ckpts = None, []
+        self.start = self.at = start = int(self.state.step[0])
         c, plan = self.config, self.plan
-        bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
-        ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
-                 for m in self.members]  # fmt: skip
-        # One step first (a heavy config's step can take seconds), then sized from its time.
-        step, chunk_len = start, c.steps_per_call or profile_lib.FIRST_CHUNK
-        period_steps, period_time = 0, 0.0
         trace = profile_lib.Window(c.profile_steps, self.members[0].rundir.file("profile"))
         try:
-            with StopSignal() as stop:  # Training starts: from this line on, signals stop it.
+            compiled = self.compile(vectorize)
+            self.writers = [metrics.MetricWriter(m.rundir, m.config.tensorboard, start,
+                                                 self.timing.t0) for m in self.members]  # fmt: skip
+            bar = metrics.progress_bar(plan.num_steps, start, self.K, progress)
+            ckpts = [ckpt_lib.Checkpointer(m.rundir.checkpoints, m.config.checkpoints_to_keep)
+                     for m in self.members]  # fmt: skip
+            # Training starts: from here on signals stop it; over the closing too (a late
+            # signal waits for the unlock).
+            with StopSignal() as stop:
                 self._log_start()
-                while step < plan.num_steps and len(self.diverged) < self.K:
-                    n = trace.clip(step, min(plan.next_stop(step) - step, chunk_len))
-                    t = time.time()
-                    with trace.around(step, n):
-                        self.state, stats = compiled(
-                            self.state, self.images, self.labels, self.rows, step, n
-                        )
-                        stats = jax.device_get(stats)  # Also waits for the chunk to finish.
-                    elapsed = time.time() - t
-                    self.timing.train_s += elapsed
-                    step += n
-                    self.steps += n
-                    period_steps += n
-                    period_time += elapsed
-                    if not c.steps_per_call:
-                        chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
-                        chunk_len = distributed.min_over_processes(chunk_len)
-                    self._check_divergence(stats, ckpts)
-                    if step in plan.eval_steps:  # Before the save: it resets state.loss_sum.
-                        ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
-                        self._log_period(step, ex_s, bar)
-                        period_steps, period_time = 0, 0.0
-                    if step in plan.checkpoint_steps:
-                        self._save(ckpts, step)
-                    bar.update(n)
-                    last = step == plan.num_steps  # A signal now lets the results be written.
-                    if not last and distributed.any_process(stop.signum is not None):
-                        self._save(ckpts, step)
-                        for ck in ckpts:
-                            ck.wait()
-                        sig = stop.signum or signal.SIGTERM
-                        raise Interrupted(
-                            sig,
-                            f"stopped by {signal.Signals(sig).name} at step {step}; checkpoint "
-                            "saved: rerun the same command to resume",
-                        )
-                bar.close()
-                if len(self.diverged) == self.K == 1:
-                    self._raise_diverged(ckpts[0])
-                self._save(ckpts, plan.num_steps)
-                outcomes = self._finish()
-                for ck in ckpts:
-                    ck.wait()
-                if stop.signum is not None:  # After the last step: results are written.
-                    sig = stop.signum
-                    raise Interrupted(
-                        sig,
-                        f"stopped by {signal.Signals(sig).name} after the last step; results "
-                        "are written, plots skipped",
-                    )
+                try:
+                    return self._loop(compiled, bar, ckpts, stop, trace)
+                finally:
+                    trace.close()
+                    self._close(bar, ckpts)
+        except Exception as e:  # A collective (or orbax's save) that lost a dead peer.
+            distributed.raise_if_peer_lost(e, self.at)
+            raise
         finally:
             trace.close()
-            bar.close()
-            for w in self.writers:
-                w.close()
-            for ck in ckpts:
-                ck.__exit__(*((None,) * 3))
+            self._close(bar, ckpts)
             for m in self.members:
                 m.rundir.unlock()
+
+    def _close(self, bar, ckpts) -> None:
+        if bar is not None:
+            bar.close()
+        while self.writers:
+            self.writers.pop().close()
+        while ckpts:
+            ckpts.pop().__exit__(*((None,) * 3))
+
+    def _loop(self, compiled, bar, ckpts, stop, trace) -> list[Outcome]:
+        """Chunks of steps up to num_steps, with evaluations, checkpoints and stop signals
+        between them; then the final save and evaluation."""
+        c, plan = self.config, self.plan
+        # One step first (a heavy config's step can take seconds), then sized from its time.
+        step, chunk_len = self.start, c.steps_per_call or profile_lib.FIRST_CHUNK
+        period_steps, period_time = 0, 0.0
+        while step < plan.num_steps and len(self.diverged) < self.K:
+            n = trace.clip(step, min(plan.next_stop(step) - step, chunk_len))
+            t = time.time()
+            with trace.around(step, n):
+                self.state, stats = compiled(
+                    self.state, self.images, self.labels, self.rows, step, n
+                )
+                stats = jax.device_get(stats)  # Also waits for the chunk to finish.
+            elapsed = time.time() - t
+            self.timing.train_s += elapsed
+            step += n
+            self.at = step
+            self.steps += n
+            period_steps += n
+            period_time += elapsed
+            if not c.steps_per_call:
+                chunk_len = max(1, int(n * CHUNK_SECONDS / max(elapsed, 1e-6)))
+                chunk_len = distributed.min_over_processes(chunk_len)
+            self._check_divergence(stats, ckpts)
+            if step in plan.eval_steps:  # Before the save: it resets state.loss_sum.
+                ex_s = period_steps * c.batch_size * self.K / max(period_time, 1e-9)
+                self._log_period(step, ex_s, bar)
+                period_steps, period_time = 0, 0.0
+            if step in plan.checkpoint_steps:
+                self._save(ckpts, step)
+            bar.update(n)
+            last = step == plan.num_steps  # A signal now lets the results be written.
+            if not last and distributed.any_process(stop.signum is not None):
+                self._save(ckpts, step)
+                _stopped(ckpts, stop.signum, f"at step {step}; checkpoint saved: rerun the "
+                         "same command to resume")  # fmt: skip
+        bar.close()
+        if len(self.diverged) == self.K == 1:
+            self._raise_diverged(ckpts[0])
+        self._save(ckpts, plan.num_steps)
+        outcomes = self._finish()
+        if stop.signum is not None:  # After the last step: results are written.
+            _stopped(ckpts, stop.signum, "after the last step; results are written, plots skipped")
+        for ck in ckpts:
+            ck.wait()
         return outcomes
 
     def _log_start(self) -> None:

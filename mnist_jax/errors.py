@@ -1,5 +1,11 @@
 """The exceptions the command line turns into one line and an exit status."""
 
+import signal
+
+# The signals that stop a run: checkpointed at the current step, exit 128+signal. SIGHUP (the
+# terminal closed) and SIGUSR1 (SLURM's and other schedulers' early warning) count as SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
 
 class UserError(Exception):
     """A problem with the user's input (files, config, workdir) rather than a bug.
@@ -10,7 +16,7 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """A SIGTERM/SIGINT, honoured after saving; the command line exits 128+signum."""
+    """A stop signal (`STOP_SIGNALS`), honoured after saving; the command line exits 128+signum."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
@@ -19,3 +25,8 @@ class Interrupted(Exception):
 
 class Diverged(UserError):
     """A single run's loss turned non-finite: it stops, the last good checkpoint is kept."""
+
+
+class PeerLost(UserError):
+    """Another process of a multi-process run died or stopped responding; the command line
+    exits at once (JAX's runtime cannot shut down cleanly without it)."""

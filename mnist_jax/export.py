@@ -164,9 +164,11 @@ def export_run(
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], overrides: dict[str, Any]) -> int:
+    """The command line; it takes no --config fields."""
     from absl import flags
 
+    del overrides
     f = flags.FLAGS
     if argv[1:]:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -7,6 +7,8 @@
     python -m mnist_jax.main --workdir=runs/dnn --mode=eval           # the run's own test set
 
 Rerunning the same command resumes from the latest checkpoint; a finished run is left as it is.
+Process-wide settings (signal handlers, JAX's compilation cache, jax.distributed) are made here,
+in the command line, never by the library that `mnist_jax.train` is.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-ba
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout", 300, "Seconds to wait for all processes to join."
 )
+_PEER_TIMEOUT = flags.DEFINE_float(
+    "peer_timeout", 30, "Seconds a silent process of a multi-process run is taken for lost."
+)
 
 
-def run(argv: list[str]) -> int:
-    """Runs the requested mode; returns the process exit status."""
+def run(argv: list[str], overrides: dict) -> int:
+    """Runs the requested mode (`overrides`: the --config.FIELD values given); returns the
+    process exit status."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from mnist_jax import config as config_lib
@@ -67,10 +73,11 @@ def run(argv: list[str]) -> int:
     from mnist_jax import api, distributed, evaluate  # Imported after flags parse: jax.
 
     distributed.initialize(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
-    )
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value,
+        _PEER_TIMEOUT.value,
+    )  # fmt: skip
     if _MODE.value == "eval":
-        other = [k for k in cli.OVERRIDES if not k.startswith("data.")]
+        other = [k for k in overrides if not k.startswith("data.")]
         if flags.FLAGS["config"].present:  # Allowed when it describes the run's own model.
             from mnist_jax.rundir import RunDir
 
@@ -86,11 +93,10 @@ def run(argv: list[str]) -> int:
                 f"config.{other[0]} differs from the run's: eval scores the run's own model; "
                 "give only --config.data.FIELD=VALUE flags (or no --config)"
             )
-        data = {
-            k.removeprefix("data."): v for k, v in cli.OVERRIDES.items() if k.startswith("data.")
-        }
+        data = {k.removeprefix("data."): v for k, v in overrides.items() if k.startswith("data.")}
         evaluate.evaluate_workdir(_WORKDIR.value, data)
         return 0
+    api.enable_compilation_cache()
     if jax.process_count() > 1 and config.plots:
         config = config.copy_and_resolve_references()
         config.plots = False  # Figures need the whole test set in one process: plot it after.

@@ -24,8 +24,6 @@ from mnist_jax.rundir import METRICS as METRICS_FILE, RunDir, read_json, read_js
 
 __all__ = ["METRICS_FILE", "MetricWriter", "read_json", "read_jsonl"]  # read_* live in rundir.
 
-T0 = time.time()  # Replaced by the command line with the process's start time.
-
 
 def finite(x: float) -> float | None:
     """NaN and inf become None (JSON null): a result file never holds a non-number."""
@@ -36,10 +34,18 @@ def finite(x: float) -> float | None:
 class MetricWriter:
     """Appends one row per split per evaluation to metrics.jsonl and mirrors the scalars to
     TensorBoard (tensorboardX: no TensorFlow needed); at the end, the test metrics and the
-    config as hyperparameters (TensorBoard's HParams view)."""
+    config as hyperparameters (TensorBoard's HParams view). `time_s` counts from `t0` (the
+    command's start; default: now)."""
 
-    def __init__(self, rundir: RunDir, tensorboard: bool = True, start_step: int = 0):
+    def __init__(
+        self,
+        rundir: RunDir,
+        tensorboard: bool = True,
+        start_step: int = 0,
+        t0: float | None = None,
+    ):
         self.rundir = rundir
+        self.t0 = time.time() if t0 is None else t0
         self._tb = None
         if rundir.active and tensorboard:
             from tensorboardX import SummaryWriter
@@ -52,7 +58,7 @@ class MetricWriter:
         """Logs one evaluation of `split` at `step`."""
         row: dict[str, Any] = {"step": int(step), "split": split}
         row.update({k: finite(v) for k, v in values.items()})
-        row["time_s"] = round(time.time() - T0, 3)
+        row["time_s"] = round(time.time() - self.t0, 3)
         self.rundir.append_metrics([row])
         if self._tb is not None:
             for k, v in values.items():

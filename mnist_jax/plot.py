@@ -271,15 +271,12 @@ def plot_sweep(
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], overrides: dict[str, Any]) -> None:
     """The command line (flags defined under __main__: main.py imports this module too)."""
     from absl import flags
 
     f = flags.FLAGS
     workdirs = list(f.compare or []) + argv[1:]  # --compare a b: b arrives as an argument.
-    from mnist_jax import cli
-
-    overrides = dict(cli.OVERRIDES)
     if f.compare:
         if overrides:
             raise UserError("--compare takes no --config.* flags")

@@ -81,14 +81,12 @@ def read_rows(path: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.n
     return pixels.astype(np.uint8), None if labels is None else labels.astype(np.int32)
 
 
-def _check_config(workdir: Path, saved) -> None:
+def _check_config(workdir: Path, saved, overrides: dict) -> None:
     """An explicit --config must describe the run's model (predict always uses the run's)."""
     from absl import flags
 
-    from mnist_jax import cli
-
     flag = flags.FLAGS["config"]
-    if not flag.present and not cli.OVERRIDES:
+    if not flag.present and not overrides:
         return
     from mnist_jax import config as config_lib
 
@@ -108,7 +106,7 @@ def _show(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], overrides: dict) -> int:
     from absl import flags
 
     from mnist_jax import data as data_lib, evaluate
@@ -123,7 +121,7 @@ def main(argv: list[str]) -> int:
     # Inputs first: nothing is restored for a typo.
     csv = read_rows(f.csv, num_classes) if f.csv else None
     model, params, saved = evaluate.restore_model(f.workdir)
-    _check_config(Path(f.workdir), saved)
+    _check_config(Path(f.workdir), saved, overrides)
     classes = evaluate.class_names(saved.data, model.num_classes)
     failures = 0
     if csv is not None:

@@ -8,6 +8,10 @@ is restored and verified (with `fallback`, corrupt newer ones are skipped and re
 A resume whose remaining steps would compute something else than the run it continues (other
 data, or a learning-rate schedule stretched over another number of steps) is refused unless
 the change is allowed, and then said in one warning line.
+
+In a multi-process run process 0 reads the directory and every process follows its reading
+(`distributed.from_process_0`), and each restore's success is agreed: a process that starts
+late, or sees the shared directory later, still takes the same path as the others.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from mnist_jax import checkpoint as ckpt_lib, optim, step as step_lib
+from mnist_jax import checkpoint as ckpt_lib, distributed, optim, step as step_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -32,6 +36,32 @@ class Start:
     state: step_lib.TrainState | None
     results: dict[str, Any] | None = None
     skipped: list[int] = dataclasses.field(default_factory=list)  # Corrupt steps passed over.
+
+
+def read(rundir: RunDir, config: ml_collections.ConfigDict, allow_change: bool) -> dict[str, Any]:
+    """What `rundir` says, checked (UserError otherwise) and as JSON: the changed config fields,
+    results.json of a finished run, whether it diverged, its checkpoint steps."""
+    rundir.check_outputs(config)  # Every path the run writes, before any is written.
+    changed = rundir.check_config(config, allow_change)
+    if changed:
+        old = optim.structure(rundir.saved_config().optimizer)
+        new = optim.structure(config.optimizer)
+        fixed = [k for k in old if old[k] != new[k]]
+        if fixed:
+            raise UserError(
+                f"{fixed[0]} changed: the optimizer state of {rundir.path} has another "
+                "structure, so it cannot resume even with --allow_config_change; use a new "
+                "--workdir"
+            )
+    if config.plots:
+        from mnist_jax import plot
+
+        plot.check_run_outputs(rundir.path)  # Before training, not after.
+    rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
+    steps = ckpt_lib.finalized_steps(rundir.checkpoints)
+    results = rundir.results() or {}
+    return {"changed": changed, "finished": rundir.finished(), "steps": steps,
+            "diverged": bool(results.get("diverged")), "results": results}  # fmt: skip
 
 
 def start(
@@ -49,29 +79,15 @@ def start(
 ) -> Start:
     """Reads `rundir` (locked by the caller) and returns where `config` starts from; `record`
     is this command's run.json (its resolved step count and data fingerprint)."""
-    rundir.check_outputs(config)  # Every path the run writes, before any is written.
-    if config.plots:
-        from mnist_jax import plot
-
-        plot.check_run_outputs(rundir.path)
-    changed = rundir.check_config(config, allow_change)
-    if changed:
-        old = optim.structure(rundir.saved_config().optimizer)
-        new = optim.structure(config.optimizer)
-        fixed = [k for k in old if old[k] != new[k]]
-        if fixed:
-            raise UserError(
-                f"{fixed[0]} changed: the optimizer state of {rundir.path} has another "
-                "structure, so it cannot resume even with --allow_config_change; use a new "
-                "--workdir"
-            )
-    finished = rundir.finished()
-    rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
+    seen = distributed.from_process_0(lambda: read(rundir, config, allow_change))
+    changed, finished = seen["changed"], seen["finished"]
     saved, at, skipped = None, None, []
-    if rundir.checkpoints.is_dir():
+    if seen["steps"]:
         abstract = jax.eval_shape(lambda: step_lib.init_state(model, tx, 0))
         with ckpt_lib.Checkpointer(rundir.checkpoints, create=False) as c:
-            saved, at, skipped = ckpt_lib.restore_latest(c, abstract, fallback)
+            saved, at, skipped = ckpt_lib.restore_latest(
+                c, abstract, fallback, steps=seen["steps"], agree=distributed.first_error
+            )
     at = at or 0
     if finished and at == num_steps and not changed:
         logging.info("%s already finished %d steps; nothing to do", rundir.path, at)
@@ -81,10 +97,9 @@ def start(
             f"{rundir.path} already trained {at} steps, more than num_steps={num_steps}; "
             "raise num_steps or use a new --workdir"
         )
-    diverged = (rundir.results() or {}).get("diverged")
-    if diverged and not changed:
+    if seen["diverged"] and not changed:
         if keep_diverged:  # A sweep's diverged member stays as it was recorded.
-            return Start(None, rundir.results())
+            return Start(None, seen["results"])
         raise UserError(
             f"{rundir.path} diverged earlier (see its results.json); lower the learning rate "
             "with --allow_config_change, or use a new --workdir"
@@ -94,8 +109,10 @@ def start(
             logging.warning("no intact checkpoint in %s: starting from step 0", rundir.path)
         state = jax.jit(functools.partial(step_lib.init_state, model, tx))(config.seed)
         return Start(state, skipped=skipped)
-    if record is not None:
-        check_same_steps(rundir, config, record, at, allow_change)
+    if record is not None:  # Decided by process 0, followed by all.
+        distributed.from_process_0(
+            lambda: check_same_steps(rundir, config, record, at, allow_change)
+        )
     state = step_lib.TrainState(**saved)
     if changed:  # An allowed change takes effect in the injected hyperparameters.
         state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, config.optimizer))

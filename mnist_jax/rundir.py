@@ -179,7 +179,7 @@ class RunDir:
         the workdir, a read-only file or directory. With `config`: every path a run writes but
         its figures (`plot.check_run_outputs`)."""
         if config is not None:
-            files += (CONFIG, RESULTS, METRICS, HOLDER)
+            files += (CONFIG, RUN, RESULTS, METRICS, HOLDER)
             dirs += (CHECKPOINTS, CORRUPT) + ((TENSORBOARD,) if config.tensorboard else ())
         self.check_writable()
         for name in files:

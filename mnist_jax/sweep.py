@@ -37,7 +37,7 @@ from typing import Any
 import ml_collections
 from absl import flags, logging
 
-from mnist_jax import cli, config as config_lib, driver, metrics, plot, scores
+from mnist_jax import cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import TABLES_LOCK, RunDir
 
@@ -161,7 +161,6 @@ def run_sweep(
     the run driver (each resumes from its own checkpoint) and writes each one's single-run
     outputs; then the sweep's tables and figure of every member finished so far, by any shard."""
     t0 = time.time()
-    metrics.T0 = t0
     index, count = check_shard(shard)
     workdir = Path(workdir)
     all_members = members(config, specs, workdir)
@@ -287,8 +286,10 @@ def _write_tables(rows: list[dict[str, Any]], rundir: RunDir) -> None:
     )
 
 
-def main(argv: list[str]) -> None:
-    """The command line (flags defined under __main__, as in plot.py)."""
+def main(argv: list[str], overrides: dict[str, Any]) -> None:
+    """The command line (flags defined under __main__, as in plot.py); it, not `run_sweep`,
+    turns on JAX's compilation cache."""
+    del overrides  # Already in the config.
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
@@ -299,6 +300,9 @@ def main(argv: list[str]) -> None:
     shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
+    from mnist_jax import api
+
+    api.enable_compilation_cache()
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
         fallback_checkpoint=f.fallback_checkpoint, shard=shard,

@@ -68,3 +68,91 @@ def test_predict_takes_one_image_in_either_shape():
     img = np.arange(784).reshape(28, 28) % 256
     assert np.array_equal(api.as_pixels(img), api.as_pixels(img.reshape(784)))
     assert api.as_pixels(np.zeros((0, 784), np.uint8)).shape == (0, 784)
+
+
+# A child process that trains through the Python API and is interrupted at one moment per
+# workdir, by a real signal sent to itself (at once, or from a timer while XLA runs), then
+# trains the same workdir again. It prints one JSON line per moment.
+_CHILD = r"""
+import json, os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+before = {s: signal.getsignal(s) for s in STOP}
+import jax
+import mnist_jax as mj
+from mnist_jax import checkpoint, driver, metrics
+from conftest import small_config
+assert {s: signal.getsignal(s) for s in STOP} == before, "importing installed handlers"
+jax_config = dict(jax.config.values)
+
+def later(sig, delay):
+    threading.Timer(delay, os.kill, (os.getpid(), sig)).start()
+
+MOMENTS = {
+    "compile": (driver._Group, "compile", lambda: later(signal.SIGINT, 0.05)),
+    "chunk": (metrics._Bar, "update", lambda: later(signal.SIGINT, 0.005)),
+    "save": (checkpoint.Checkpointer, "save", lambda: os.kill(os.getpid(), signal.SIGINT)),
+    "eval": (driver._Group, "eval_split", lambda: os.kill(os.getpid(), signal.SIGINT)),
+    "hangup": (metrics._Bar, "update", lambda: os.kill(os.getpid(), signal.SIGHUP)),
+    "usr1": (checkpoint.Checkpointer, "save", lambda: os.kill(os.getpid(), signal.SIGUSR1)),
+}
+config = small_config(sys.argv[2], num_steps=200, num_periods=4, steps_per_call=10,
+                      checkpoint_every_steps=50)
+for moment, (owner, name, action) in MOMENTS.items():
+    original = getattr(owner, name)
+    armed = [True]
+    def wrapped(*args, _original=original, _action=action, **kwargs):
+        if armed[0]:
+            armed[0] = False
+            _action()
+        return _original(*args, **kwargs)
+    setattr(owner, name, wrapped)
+    workdir = os.path.join(sys.argv[3], moment)
+    try:
+        mj.train(config, workdir, progress=False)
+        stopped = "not stopped"
+    except BaseException as e:
+        stopped = f"{type(e).__name__}: {e}"
+    finally:
+        setattr(owner, name, original)
+    same_after_stop = ({s: signal.getsignal(s) for s in STOP} == before,
+                       dict(jax.config.values) == jax_config)
+    run = mj.train(config, workdir, progress=False)
+    print(json.dumps({
+        "moment": moment, "stopped": stopped, "same_after_stop": same_after_stop,
+        "same_after_resume": ({s: signal.getsignal(s) for s in STOP} == before,
+                              dict(jax.config.values) == jax_config),
+        "resumed_from_step": run.results.get("resumed_from_step"),
+        "accuracy": run.test_accuracy,
+    }), flush=True)
+"""
+
+
+def test_a_signal_at_any_moment_leaves_the_process_as_it_was(tmp_path, idx_dir):
+    """Ctrl-C (and SIGHUP, SIGUSR1) while compiling, mid-chunk, while saving, while
+    evaluating: the workdir is released (the next mj.train resumes it, in the same process),
+    and the signal handlers and every jax.config value are as before."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(REPO / "tests"), str(idx_dir), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["moment"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(rows) == {"compile", "chunk", "save", "eval", "hangup", "usr1"}
+    assert rows["compile"]["stopped"].startswith("KeyboardInterrupt")
+    for moment in ("chunk", "save", "eval"):
+        assert rows[moment]["stopped"].startswith("Interrupted: stopped by SIGINT"), rows[moment]
+    assert rows["hangup"]["stopped"].startswith("Interrupted: stopped by SIGHUP")
+    assert rows["usr1"]["stopped"].startswith("Interrupted: stopped by SIGUSR1")
+    for r in rows.values():
+        assert r["same_after_stop"] == [True, True], r
+        assert r["same_after_resume"] == [True, True], r
+        assert r["accuracy"] > 0.3
+        if r["moment"] != "compile":  # Stopped after a checkpoint: the rerun resumes from it.
+            assert r["resumed_from_step"], r

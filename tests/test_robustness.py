@@ -95,8 +95,10 @@ def _start_and_signal(args, workdir, sig, min_rows) -> subprocess.Popen:
 
 # Signals land after a given number of metric rows: early, mid-run and late (each row is a
 # different place in the evaluation/checkpoint/chunk cycle), deterministically.
+# SIGHUP (the terminal closed) stops a run as SIGTERM does.
 @pytest.mark.parametrize(
-    ("sig", "rows"), [(signal.SIGTERM, 3), (signal.SIGINT, 33), (signal.SIGTERM, 58)]
+    ("sig", "rows"),
+    [(signal.SIGTERM, 3), (signal.SIGINT, 33), (signal.SIGTERM, 58), (signal.SIGHUP, 20)],
 )
 def test_signal_mid_run_then_resume_is_exact(tmp_path, idx_dir, reference, sig, rows):
     args = _args(idx_dir, tmp_path, *_LONG)

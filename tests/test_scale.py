@@ -8,15 +8,17 @@ distributed runtime when it starts.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from mnist_jax import metrics, sweep
 
-from conftest import REPO, main_args, small_config, sweep_args
+from conftest import REPO, latest_checkpoint, main_args, one_error_line, small_config, sweep_args
 
 
 def _args(idx_dir, workdir, *extra):
@@ -131,8 +133,117 @@ def test_two_processes_match_one_process(tmp_path, idx_dir):
     assert metrics.read_json(workdir / "results.json")["num_processes"] == 2
 
 
-@pytest.mark.parametrize("bad", [["--num_processes=2"], ["--num_processes=2", "--process_id=2"]])
-def test_bad_distributed_flags(tmp_path, idx_dir, bad):
-    args = _args(idx_dir, tmp_path / "w", "--coordinator_address=127.0.0.1:1", *bad)
-    proc = subprocess.run(args, cwd=REPO, env=_env(1), capture_output=True, text=True)
-    assert proc.returncode == 1 and "error: --coordinator_address needs" in proc.stderr
+_COORD = "--coordinator_address=127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([_COORD, "--num_processes=2"], "--coordinator_address needs"),
+        ([_COORD, "--num_processes=2", "--process_id=2"], "--coordinator_address needs"),
+        ([_COORD, "--num_processes=0", "--process_id=0"], "--coordinator_address needs"),
+        (["--num_processes=2"], "need --coordinator_address"),
+        (["--process_id=1"], "need --coordinator_address"),
+        ([_COORD, "--num_processes=1", "--process_id=0", "--initialization_timeout=0"],
+         "--initialization_timeout=0: must be at least 1"),
+        (["--coordinator_address=localhost", "--num_processes=1", "--process_id=0"],
+         "expected HOST:PORT"),
+    ],
+)  # fmt: skip
+def test_bad_distributed_flags(tmp_path, idx_dir, bad, message):
+    args = _args(idx_dir, tmp_path / "w", *bad)
+    proc = subprocess.run(args, cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=60)
+    assert message in one_error_line(proc.returncode, proc.stderr)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "abc", "-1", ""])
+def test_launcher_refuses_a_process_count_that_is_not_positive(tmp_path, count):
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", count, str(tmp_path / "w")],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert "NUM_PROCESSES" in one_error_line(proc.returncode, proc.stderr)
+
+
+def _start_two(idx_dir, workdir, logs, *extra, port=None, lag_s=0.0, pause_s=0.0):
+    """Processes 0 and 1 of one run (1 CPU device each), stderr to `logs`/<i>.log. Process 1
+    starts `lag_s` later and, once it has joined, is stopped `pause_s` more (SIGSTOP): it
+    lags at start-up while process 0 goes ahead."""
+    port = port or _free_port()
+    logs.mkdir(exist_ok=True)
+    procs = []
+    for i in range(2):
+        if i:
+            time.sleep(lag_s)
+        args = _args(idx_dir, workdir, f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}", "--initialization_timeout=30",
+                     *extra)  # fmt: skip
+        with open(logs / f"{i}.log", "w") as log:
+            procs.append(subprocess.Popen(args, cwd=REPO, env=_env(1), stdout=log, stderr=log))
+    if pause_s:
+        _wait_for(lambda: "process 1 of 2" in (logs / "1.log").read_text(), procs)
+        procs[1].send_signal(signal.SIGSTOP)
+        time.sleep(pause_s)
+        procs[1].send_signal(signal.SIGCONT)
+    return procs
+
+
+def _wait_for(condition, procs, timeout=120):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "never happened"
+        time.sleep(0.05)
+
+
+def _finish(procs, logs, timeout=240) -> list[str]:
+    """Each process's stderr once all have ended (killed at `timeout`)."""
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+    return [(logs / f"{i}.log").read_text() for i in range(2)]
+
+
+def test_two_processes_take_one_path_when_one_lags_at_start_up(tmp_path, idx_dir):
+    """Process 0 creates checkpoints/ while process 1 is still starting: fresh, then resumed,
+    both take process 0's reading of the workdir (orbax's barriers would not match else)."""
+    workdir = tmp_path / "w"
+    for steps, logs in ((90, tmp_path / "fresh"), (180, tmp_path / "resumed")):
+        procs = _start_two(idx_dir, workdir, logs, f"--config.num_steps={steps}",
+                           "--config.model.dropout_rate=0", lag_s=2.5, pause_s=4)  # fmt: skip
+        errs = _finish(procs, logs)
+        assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    results = metrics.read_json(workdir / "results.json")
+    assert results["resumed_from_step"] == 90 and results["num_processes"] == 2
+    assert "resumed from" in errs[1]
+
+
+def test_coordinator_port_in_use_is_one_line_on_each_process(tmp_path, idx_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        procs = _start_two(idx_dir, tmp_path / "w", tmp_path, "--initialization_timeout=5",
+                           port=port)  # fmt: skip
+        errs = _finish(procs, tmp_path, timeout=90)
+    assert f"coordinator port {port} is in use" in one_error_line(procs[0].returncode, errs[0])
+    assert "no JAX coordinator at" in one_error_line(procs[1].returncode, errs[1])
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_killed_peer_is_named_and_the_checkpoints_stay_intact(tmp_path, idx_dir):
+    workdir = tmp_path / "w"
+    procs = _start_two(idx_dir, workdir, tmp_path, "--config.num_steps=4000",
+                       "--config.num_periods=200", "--config.checkpoint_every_steps=40",
+                       "--config.steps_per_call=10", "--peer_timeout=5")  # fmt: skip
+    dump = workdir / "metrics.jsonl"
+    _wait_for(lambda: dump.exists() and dump.read_text().count("\n") >= 8, procs)
+    procs[1].kill()
+    started = time.time()
+    errs = _finish(procs[:1], tmp_path, timeout=60)
+    line = one_error_line(procs[0].returncode, errs[0])
+    assert "process 1 stopped responding (peer lost)" in line
+    assert time.time() - started < 30  # Not JAX's 100 s heartbeat timeout, nor an abort.
+    assert "Fatal Python error" not in errs[0]
+    assert latest_checkpoint(workdir) >= 40
