@@ -70,9 +70,9 @@ def test_a_profiled_run_traces_exactly_its_steps_and_keeps_the_bits(
         (["--config.profile_steps=-1"], "config.profile_steps=-1: must be 0 or positive"),
         (["--config.profile_steps=1.5"], "--config.profile_steps='1.5': expected an integer"),
         (
-            ["--config.num_steps=20", "--config.num_periods=1", "--config.profile_steps=11"],
-            "config.profile_steps=11: the trace starts after the first chunk (step 10) and "
-            "only 10 of 20 steps are left",
+            ["--config.num_steps=20", "--config.num_periods=1", "--config.profile_steps=20"],
+            "config.profile_steps=20: the trace starts after the first chunk (step 1) and "
+            "only 19 of 20 steps are left",
         ),
     ],
 )
