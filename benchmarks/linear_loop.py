@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import data, models, shuffle, step
+from mnist_jax import data, datasets, models, shuffle, step
 from mnist_jax.optim import make_optimizer
 from mnist_jax.sharding import Placement
 
@@ -201,7 +201,7 @@ def part_runners(images, labels, batch_size) -> dict[str, Callable[[], object]]:
 def load_images(n: int, quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """Full MNIST's first `n` training rows if $MNIST_JAX_DATA_DIR holds it, else random."""
     directory = os.environ.get("MNIST_JAX_DATA_DIR", "")
-    if directory and not quick and data.has_idx_files(directory):
+    if directory and not quick and datasets.has_files(datasets.get("mnist"), directory):
         split, _ = data.load_idx(directory)
         return split.images[:n], split.labels[:n].astype(np.int32), "mnist"
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_jax import config as config_lib, data
+from mnist_jax import config as config_lib, data, datasets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ _FULL_MNIST = os.environ.get("MNIST_JAX_DATA_DIR", "")
 
 def full_mnist_dir() -> str | None:
     """$MNIST_JAX_DATA_DIR when it holds full MNIST (.ci/run sets it), else None."""
-    return _FULL_MNIST if _FULL_MNIST and data.has_idx_files(_FULL_MNIST) else None
+    return _FULL_MNIST if _FULL_MNIST and datasets.has_files(datasets.get("mnist"), _FULL_MNIST) else None
 
 
 def train_results(config, workdir, **kwargs) -> dict:
