@@ -113,7 +113,11 @@ _FULL_MNIST = os.environ.get("MNIST_JAX_DATA_DIR", "")
 
 def full_mnist_dir() -> str | None:
     """$MNIST_JAX_DATA_DIR when it holds full MNIST (.ci/run sets it), else None."""
-    return _FULL_MNIST if _FULL_MNIST and datasets.has_files(datasets.get("mnist"), _FULL_MNIST) else None
+    return (
+        _FULL_MNIST
+        if _FULL_MNIST and datasets.has_files(datasets.get("mnist"), _FULL_MNIST)
+        else None
+    )
 
 
 def train_results(config, workdir, **kwargs) -> dict:
