@@ -75,10 +75,18 @@ def check_tree(directory: str | os.PathLike) -> None:
     """Every entry under `directory` is a directory or a regular file (a FIFO in a crafted
     checkpoint would make its reader wait forever)."""
     for root, dirs, names in os.walk(directory):
-        for name in dirs:
-            check_dir(Path(root) / name, "directory")
-        for name in names:
-            check_file(Path(root) / name)
+        for name in dirs + names:
+            path = Path(root) / name
+            if not os.path.lexists(path):  # Removed by a live writer since the listing.
+                continue
+            try:
+                if name in dirs:
+                    check_dir(path, "directory")
+                else:
+                    check_file(path)
+            except UserError:
+                if os.path.lexists(path):  # Not a race: a FIFO, a broken link, a socket...
+                    raise
 
 
 def open_file(path: str | os.PathLike, max_bytes: int | None = None) -> BinaryIO:

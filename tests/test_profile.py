@@ -48,8 +48,8 @@ def traced_calls(workdir) -> list[dict]:
     [
         # First chunk 0-3; the window 4-10 in chunks of 4, the last cut at the window's end.
         (4, 7, [{"step_num": 4, "num_steps": 4}, {"step_num": 8, "num_steps": 3}]),
-        # Timed chunks: a first chunk of 10, then one call up to the window's end.
-        (0, 5, [{"step_num": 10, "num_steps": 5}]),
+        # Timed chunks: a first chunk of one step, then one call up to the window's end.
+        (0, 5, [{"step_num": 1, "num_steps": 5}]),
     ],
 )
 def test_a_profiled_run_traces_exactly_its_steps_and_keeps_the_bits(
