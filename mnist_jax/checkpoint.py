@@ -177,8 +177,8 @@ class Checkpointer:
 
 
 ADVICE = (
-    "rerun with --fallback_checkpoint to resume from the newest intact older one, "
-    "or use a new --workdir"
+    "move that step directory away, or resume training with --fallback_checkpoint (it sets "
+    "corrupt steps aside and resumes from the newest intact one)"
 )
 
 

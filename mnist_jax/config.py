@@ -411,3 +411,15 @@ __all__ = [
     "resolve",
     "validate",
 ]
+
+
+def with_absolute_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with data.dir, data.train_file and data.test_file made absolute (against the
+    current directory): what a run records must name the same files from anywhere."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for field in ("dir", "train_file", "test_file"):
+            value = config.data.get(field, "")
+            if value:
+                config.data[field] = os.path.abspath(os.path.expanduser(value))
+    return config

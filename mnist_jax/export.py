@@ -48,6 +48,7 @@ def sidecar(out: str | os.PathLike) -> Path:
 def check_target(path: str | os.PathLike) -> Path:
     """`path` if a file can be written there: not a directory, not a link, in an existing
     writable directory; else a UserError."""
+    outputs.refuse_directory_name(path)
     path = Path(path)
     if path.is_symlink():
         raise UserError(f"cannot write {path}: it is a symbolic link; give the real path")

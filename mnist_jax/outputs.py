@@ -44,6 +44,7 @@ def _existing_ancestor(path: Path) -> Path:
 def check_target(path: str | Path, root: str | Path | None = None, text: bool = False) -> Path:
     """Returns `path` if a figure (or with `text`, a text file) can be written there, else
     raises a UserError saying why."""
+    refuse_directory_name(path)
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"cannot write {path}: it is a directory")
@@ -57,9 +58,16 @@ def check_target(path: str | Path, root: str | Path | None = None, text: bool = 
     return check_file(path, root)
 
 
+def refuse_directory_name(path: str | os.PathLike) -> None:
+    """A file name that ends in a slash names a directory (Path() would drop the slash)."""
+    if str(path).endswith(("/", os.sep)):
+        raise UserError(f"cannot write {path}: a name ending in '/' is a directory; give a file")
+
+
 def check_file(path: str | Path, root: str | Path | None = None) -> Path:
     """Returns `path` if a file can be replaced there atomically: not a directory, FIFO or
     other special file, not a read-only file, in a writable directory (inside `root`)."""
+    refuse_directory_name(path)
     path = Path(path)
     try:
         mode = os.lstat(path).st_mode

@@ -119,4 +119,13 @@ def check(obj: Any, where: str) -> dict[str, Any]:
     if matrix is not None and classes is not None and len(matrix) != classes:
         raise UserError(f"{where}: confusion_matrix is {len(matrix)}x{len(matrix)}, "
                         f"num_classes {classes}")  # fmt: skip
+    names = obj.get("class_names")
+    if names is not None and (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or (classes is not None and len(names) != classes)
+        or (matrix is not None and len(names) != len(matrix))
+    ):
+        raise UserError(f"{where}: class_names must be one string per class; fix it, or delete "
+                        "the file to rerun")  # fmt: skip
     return obj

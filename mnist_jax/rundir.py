@@ -257,7 +257,19 @@ class RunDir:
     def run_record(self) -> dict[str, Any] | None:
         """run.json of the latest command that trained here (None: none, or an older run)."""
         path = self.file(RUN)
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        record = read_json(path)
+        data = record.get("data", {})
+        ok = isinstance(data, dict) and all(
+            isinstance(data.get(k), t) for k, t in (("source", str), ("sha256", str))
+        )
+        ok = ok and all(type(data.get(k)) is int for k in ("train", "test"))
+        steps = record.get("num_steps")
+        if not ok or type(steps) is not int or steps < 0:
+            raise UserError(f"{path}: not a run record (num_steps and data's source, train, test "
+                            "and sha256); fix it, or delete it to resume unchecked")  # fmt: skip
+        return record
 
     def results(self, name: str = RESULTS) -> dict[str, Any] | None:
         """results.json (checked: `results.check`), or None when there is none."""
