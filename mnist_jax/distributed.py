@@ -137,6 +137,11 @@ def initialize(
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
     except Exception as e:  # JAX raises RuntimeError/XlaRuntimeError on timeouts.
         raise UserError(f"jax.distributed.initialize failed: {str(e).splitlines()[0]}") from None
+    if num_processes and jax.process_count() != num_processes:  # The coordinator's count won.
+        raise UserError(
+            f"--num_processes={num_processes}, but the coordinator at {coordinator_address} runs "
+            f"{jax.process_count()} processes: give every process the same --num_processes"
+        )
     logging.info(
         "process %d of %d; %d local of %d devices",
         jax.process_index(),
