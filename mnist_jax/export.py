@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import data as data_lib, evaluate, outputs, step as step_lib
+from mnist_jax import data as data_lib, evaluate, outputs, rundir as rundir_lib, step as step_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -66,19 +66,35 @@ def check_target(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_not_the_runs(path: Path, rundir: RunDir) -> None:
-    """Inside the run's directory, only its top level and only a new name or an earlier
-    export: `--out=W/results.json` (or `W/config`, whose sidecar is config.json) is refused."""
-    real, root = path.resolve(), rundir.path.resolve()
-    if root not in real.parents:
-        return
-    earlier_export = _is_sidecar(real) or _is_sidecar(sidecar(real))
-    ours = real.parent != root or (real.exists() and not earlier_export)
-    if ours:
+# Names a run or sweep directory owns (files, and directories a file there would block).
+RUN_NAMES = (
+    rundir_lib.CONFIG, rundir_lib.RESULTS, rundir_lib.EVAL_RESULTS, rundir_lib.METRICS,
+    rundir_lib.RUN, rundir_lib.SWEEP, rundir_lib.HOLDER, rundir_lib.TABLES_LOCK,
+    rundir_lib.CHECKPOINTS, rundir_lib.CORRUPT, rundir_lib.TENSORBOARD, "plots", "profile",
+    "report.md", "sweep.csv", "sweep.png", "first_layer_by_steps.png",
+)  # fmt: skip
+
+
+def _is_run_dir(directory: Path) -> bool:
+    return (directory / rundir_lib.CONFIG).is_file() or (directory / rundir_lib.SWEEP).is_file()
+
+
+def check_not_a_runs_file(path: Path, earlier_export: bool) -> None:
+    """An export never replaces or joins what a run owns, any run's or sweep's: inside a run
+    or sweep directory only at its top level and under a name the run does not use, and an
+    existing file only if it is part of an earlier export (`earlier_export`)."""
+    real = path.parent.resolve() / path.name
+    parent = real.parent
+    owner = next((d for d in parent.parents if (d / rundir_lib.CONFIG).is_file()), None)
+    in_run = _is_run_dir(parent) or RunDir(parent).sweep_members() is not None
+    if owner is not None or (in_run and real.name in RUN_NAMES):
         raise UserError(
-            f"cannot write {path}: it would replace or join the run's own files in "
-            f"{rundir.path}; give a new name at its top level, or a path outside it"
+            f"cannot write {path}: it would replace or join the files of the run in "
+            f"{owner or parent}; give a new name at its top level, or a path outside it"
         )
+    if os.path.lexists(real) and not earlier_export:
+        raise UserError(f"cannot write {path}: it exists and is not part of an earlier export; "
+                        "give a new name or remove it")  # fmt: skip
 
 
 def _is_sidecar(path: Path) -> bool:
@@ -154,7 +170,8 @@ def export_run(
     results = check_finished(rundir)
     for path in (out, sidecar(out)):
         check_target(path)
-        check_not_the_runs(path, rundir)
+    check_not_a_runs_file(out, _is_sidecar(sidecar(out)))
+    check_not_a_runs_file(sidecar(out), _is_sidecar(sidecar(out)))
     with rundir:  # Not while a run trains here: its checkpoint could change under us.
         model, params, config = evaluate.restore_model(rundir.path)
     exp = exported(model, params, platforms)

@@ -52,6 +52,8 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
         current = _get(base, field)
     except (KeyError, AttributeError):
         raise UserError(f"--sweep {field}: the config has no field {field!r}") from None
+    if any(not v.strip() for v in text.split(",")):  # literal_eval would drop "0.1,"'s end.
+        raise UserError(f"--sweep {field}={text}: an empty value (a stray comma?)")
     try:
         values = ast.literal_eval(f"[{text}]")
     except (ValueError, SyntaxError):  # Names (sgd,adam), or inf/nan: one value at a time.

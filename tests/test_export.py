@@ -149,7 +149,7 @@ def _unfinished(tmp_path, runs):
 
 def _bad_targets(tmp_path, runs):
     """(workdir, out, expected message) for each kind of bad input."""
-    good = runs["linear"].workdir
+    good, other = runs["linear"].workdir, runs["mlp"].workdir
     (tmp_path / "a_dir").mkdir()
     (tmp_path / "target.jax").write_bytes(b"someone else's")
     (tmp_path / "link.jax").symlink_to(tmp_path / "target.jax")
@@ -163,22 +163,36 @@ def _bad_targets(tmp_path, runs):
         (good, tmp_path / "link.jax", "symbolic link"),
         (good, tmp_path / "no" / "m.jax", "does not exist"),
         (good, tmp_path / "side.jax", "side.jax.json: it is a directory"),
-        (good, good / "results.json", "replace or join the run's own files"),
-        (good, good / "config", "config.json: it would replace or join the run's own files"),
-        (good, good / "checkpoints" / "m.jax", "replace or join the run's own files"),
+        (good, good / "results.json", "replace or join the files of the run"),
+        (good, good / "config", "config.json: it would replace or join the files of the run"),
+        (good, good / "checkpoints" / "m.jax", "replace or join the files of the run"),
+        (good, good / "sweep", "sweep.json: it would replace or join the files of the run"),
+        (good, tmp_path / "target.jax", "exists and is not part of an earlier export"),
+        # Another run's files are as safe as the exported run's own.
+        *[
+            (good, other / name, message)
+            for name, message in [
+                ("results", "results.json: it would replace or join the files of the run"),
+                ("eval_results", "eval_results.json: it would replace or join"),
+                ("run", "run.json: it would replace or join"),
+                ("checkpoints/m.jax", "replace or join the files of the run"),
+                ("model.jax.json", "exists and is not part of an earlier export"),
+            ]
+        ],
     ]
 
 
 def test_bad_inputs_are_one_error_line_and_write_nothing(tmp_path, runs):
     cases = _bad_targets(tmp_path, runs)
-    before = snapshot(tmp_path), snapshot(runs["linear"].workdir)
+    runs_dirs = [r.workdir for r in runs.values()]
+    before = snapshot(tmp_path), [snapshot(w) for w in runs_dirs]
     for workdir, out, message in cases:
         proc = subprocess.run(
             [sys.executable, "-m", "mnist_jax.export", f"--workdir={workdir}", f"--out={out}"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert message in one_error_line(proc.returncode, proc.stderr), (workdir, out)
-    assert (snapshot(tmp_path), snapshot(runs["linear"].workdir)) == before
+    assert (snapshot(tmp_path), [snapshot(w) for w in runs_dirs]) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")

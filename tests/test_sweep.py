@@ -206,3 +206,12 @@ def test_int_values_spelled_twice_are_repeats_and_bools_are_not_ints(idx_dir, va
         sweep.members(small_config(idx_dir, "linear"), [f"seed={first},{second}"])
     with pytest.raises(UserError, match="True is not a int"):
         sweep.members(small_config(idx_dir, "linear"), ["seed=True"])
+
+
+@given(st.lists(FLOATS, min_size=1, max_size=3), st.integers(0, 3))
+def test_an_empty_value_anywhere_is_refused(idx_dir, values, at):
+    items = [repr(v) for v in values]
+    items.insert(min(at, len(items)), "")  # A stray comma: first, between, or last.
+    spec = f"optimizer.weight_decay={','.join(items)}"
+    with pytest.raises(UserError, match=r"an empty value \(a stray comma\?\)"):
+        sweep.members(small_config(idx_dir, "linear"), [spec])
