@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 from absl import flags, logging
 
 from mnist_jax import cli, config as config_lib, driver, plot, scores
@@ -65,13 +66,18 @@ def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list
     for v in values:
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if kind is int and isinstance(v, float) and v.is_integer():
+            v = int(v)  # 1.0 is the int 1 (and so a repeat of 1).
         if kind is tuple and isinstance(v, int):
             v = (v,)
         if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-            raise UserError(f"--sweep {field}={text}: {v!r} is not a {kind.__name__}")
+            name = {"int": "an integer", "float": "a number"}.get(kind.__name__, kind.__name__)
+            raise UserError(f"--sweep {field}={text}: {v!r} is not {name}")
         if kind is float and v == 0:
             v = 0.0  # -0.0 is 0.0: one member, named 0.0.
-        if v in out:  # Equal as the field's type (0.1 and 0.10, 1 and 1.0, -0.0 and 0).
+        # Equal as the field's type (0.1 and 0.10, 1 and 1.0, -0.0 and 0); floats as the float32
+        # the step computes with (0.1 and 0.1000000001 train the same bits).
+        if v in out or (kind is float and np.float32(v) in [np.float32(o) for o in out]):
             raise UserError(f"--sweep {field}={text}: {v!r} is given twice; list each value once")
         out.append(v)
     return out

@@ -84,7 +84,7 @@ def test_max_parallel_chunks_give_the_same_members(tmp_path, idx_dir):
     ("spec", "message"),
     [
         ("optimizer.lr=0.1", "has no field 'optimizer.lr'"),
-        ("batch_size=ten", "'ten' is not a int"),
+        ("batch_size=ten", "'ten' is not an integer"),
         ("optimizer.learning_rate", "expected field=value1,value2"),
         ("optimizer.learning_rate=-1", "must be positive"),
     ],
@@ -204,7 +204,7 @@ def test_int_values_spelled_twice_are_repeats_and_bools_are_not_ints(idx_dir, va
     first, second = (data.draw(st.sampled_from(_int_spellings(value))) for _ in range(2))
     with pytest.raises(UserError, match="is given twice"):
         sweep.members(small_config(idx_dir, "linear"), [f"seed={first},{second}"])
-    with pytest.raises(UserError, match="True is not a int"):
+    with pytest.raises(UserError, match="True is not an integer"):
         sweep.members(small_config(idx_dir, "linear"), ["seed=True"])
 
 
