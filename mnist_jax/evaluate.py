@@ -78,6 +78,7 @@ def _restore_snapshot(rundir: RunDir, step: int | None) -> tuple[Any, int]:
                     raise UserError(_nothing_to_restore(rundir))
                 return ckpt.restore(None, at), at
         except UserError:
+            time.sleep(0.2)  # A deletion under way (the step directory still listed) ends.
             changed = _step_dirs(rundir.checkpoints) != before
             if not changed or attempt == RETRIES - 1:
                 raise
