@@ -77,11 +77,14 @@ def _restore_snapshot(rundir: RunDir, step: int | None) -> tuple[Any, int]:
                 if at is None:
                     raise UserError(_nothing_to_restore(rundir))
                 return ckpt.restore(None, at), at
-        except UserError:
+        except (UserError, ValueError, OSError) as e:  # Orbax/TensorStore: files gone mid-read.
             time.sleep(0.2)  # A deletion under way (the step directory still listed) ends.
             changed = _step_dirs(rundir.checkpoints) != before
             if not changed or attempt == RETRIES - 1:
-                raise
+                if isinstance(e, UserError):
+                    raise
+                raise UserError(f"cannot read the checkpoints of {rundir.path}: "
+                                f"{str(e).splitlines()[0][:300]}") from None  # fmt: skip
             logging.info("checkpoints of %s changed while reading: retrying", rundir.path)
             time.sleep(0.05)
     raise AssertionError("unreachable")
