@@ -31,8 +31,15 @@ def figure_formats() -> list[str]:
     return sorted(FigureCanvasAgg.get_supported_filetypes())
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def check_inside(path: str | Path, root: str | Path, what: str = "") -> None:
+    """The one "stay inside the workdir" guard: refuses `path` when, its links followed, it
+    leads outside `root`."""
+    real, real_root = Path(path).resolve(), Path(root).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise UserError(
+            f"{what + ': ' if what else ''}{path} leads outside the workdir {root} (to {real}); "
+            "remove that symlink"
+        )
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -97,12 +104,7 @@ def check_dir(directory: str | Path, root: str | Path | None = None) -> Path:
 
 def _check_directory(parent: Path, root: str | Path | None, what: str) -> None:
     if root is not None:
-        real_root = Path(root).resolve()
-        real = parent.resolve()
-        if not _inside(real, real_root):
-            raise UserError(
-                f"{what}: {parent} leads outside {root} (to {real}); remove that symlink"
-            )
+        check_inside(parent, root, what)
     base = _existing_ancestor(parent)
     if not base.is_dir():
         raise UserError(f"{what}: {base} is not a directory")

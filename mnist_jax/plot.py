@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_jax import metrics, outputs, scores
+from mnist_jax import (
+    config as config_lib,
+    data as data_lib,
+    evaluate,
+    metrics,
+    outputs,
+    report,
+    scores,
+)
 from mnist_jax.errors import UserError
 from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
     FIGURES,
@@ -36,6 +44,7 @@ from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures et
     weights_by_steps_figure,
 )
 from mnist_jax.inputs import check_dir
+from mnist_jax.rundir import HOLDER, METRICS, RunDir
 
 PLOTS_DIR = "plots"
 
@@ -54,8 +63,6 @@ def save_figures(
 
 def check_run_outputs(workdir: str | Path) -> None:
     """Refuses (one line) plots/ or report.md targets that cannot be written, before a run."""
-    from mnist_jax import report
-
     workdir = Path(workdir)
     if not workdir.exists():
         return
@@ -77,8 +84,6 @@ def write_run_outputs(
 ) -> list[Path]:
     """plots/*.png and report.md of a run, from what is in memory (the driver calls this after
     training). `scored` names the data the pictures were made on, when not the run's own."""
-    from mnist_jax import report
-
     workdir = Path(workdir)
     outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
     figs = run_figures(
@@ -106,12 +111,10 @@ def write_run_outputs(
 def read_history(workdir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl's rows, each checked to be a metrics row (a malformed one is a UserError
     naming its line); an empty history is an error: nothing to plot."""
-    from mnist_jax import rundir
-
-    rows = rundir.read_jsonl(workdir / rundir.METRICS)
+    rundir = RunDir(workdir)
+    rows = rundir.metrics()
     if not rows:
-        what = rundir.RunDir(workdir).describe()
-        raise UserError(what or f"{workdir} has no {rundir.METRICS} rows: train first")
+        raise UserError(rundir.describe() or f"{workdir} has no {METRICS} rows: train first")
     return rows
 
 
@@ -124,8 +127,6 @@ def plot_workdir(workdir: str | Path, data_overrides: dict[str, Any] | None = No
 
 
 def _plot_workdir(workdir: Path, data_overrides: dict[str, Any] | None) -> tuple[list[Path], str]:
-    from mnist_jax.rundir import HOLDER, RunDir
-
     check_dir(workdir, "run directory")
     rundir = RunDir(workdir)
     with rundir:  # A writer: refused while a run trains (or another plot writes) here.
@@ -151,8 +152,6 @@ def _finished_results(rundir) -> dict[str, Any]:
 
 
 def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], str]:
-    from mnist_jax import data as data_lib, evaluate, report
-
     workdir = rundir.path
     model, params, config = evaluate.restore_model(workdir)
     used = evaluate.run_data_config(rundir, data_overrides)
@@ -194,9 +193,6 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
 
 def _describe(workdir: Path) -> dict[str, Any]:
     """A run's flattened config with its data.* fields replaced by the data it really used."""
-    from mnist_jax import config as config_lib
-    from mnist_jax.rundir import RunDir
-
     rundir = RunDir(workdir)
     config = rundir.saved_config()
     if config is None:
@@ -242,8 +238,6 @@ def plot_sweep(
 ) -> list[Path]:
     """sweep.png, and first_layer_by_steps.png when num_steps was swept. `kernels` (member ->
     first-layer kernel) spares restoring members' checkpoints."""
-    from mnist_jax import evaluate
-
     workdir = Path(workdir)
     figs: dict[str, Figure] = {}
     ok = [r for r in rows if r.get("validation_accuracy") is not None]
