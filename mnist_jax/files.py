@@ -176,30 +176,47 @@ def read_csv(path: str | os.PathLike, label_column: int = 0) -> Split:
     comma-separated UTF-8 (a byte-order mark is fine). Rows in messages count from 1."""
     if not path:
         raise UserError("csv source needs --config.data.train_file and --config.data.test_file")
+    pixels, labels = read_rows(path, label_column=label_column, unlabelled=False)
+    return Split(pixels, labels)
+
+
+def read_rows(
+    path: str | os.PathLike,
+    num_classes: int = 10,
+    label_column: int = 0,
+    unlabelled: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one CSV reader: (pixels uint8 (n, 784), labels int32 (n,) or None) of rows of a
+    label (0 to num_classes - 1) and 784 pixels, or with `unlabelled` of 784 pixels alone."""
     path = Path(path)
     lines = _csv_lines(path, read_file(path, MAX_CSV_BYTES))
     try:
         rows = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError:
         raise UserError(f"{path}: {_first_bad_row(lines)}") from None
-    if rows.shape[1] != NUM_PIXELS + 1:
-        raise UserError(
-            f"{path}: rows have {rows.shape[1]} columns, expected {NUM_PIXELS + 1} "
-            "(a label and 784 pixels)"
-        )
-    labels = rows[:, label_column]
-    pixels = np.delete(rows, label_column % rows.shape[1], axis=1)
     row_of = np.flatnonzero([bool(line.strip()) for line in lines]) + 1  # File rows, 1-based.
-    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > 9))
-    if bad.size:
-        raise UserError(f"{path}: row {row_of[bad[0]]} has label {labels[bad[0]]:g}, expected 0-9")
+    if rows.shape[1] == NUM_PIXELS and unlabelled:
+        pixels, labels = rows, None
+    elif rows.shape[1] == NUM_PIXELS + 1:
+        labels = rows[:, label_column]
+        pixels = np.delete(rows, label_column % rows.shape[1], axis=1)
+        top = num_classes - 1
+        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels > top))
+        if bad.size:
+            raise UserError(
+                f"{path}: row {row_of[bad[0]]} has label {labels[bad[0]]:g}, expected 0-{top}"
+            )
+    else:
+        expected = f"{NUM_PIXELS + 1} (a label and 784 pixels)"
+        raise UserError(f"{path}: row {row_of[0]} has {rows.shape[1]} columns, expected "
+                        + (f"784 pixels or {expected}" if unlabelled else expected))  # fmt: skip
     bad_px = np.argwhere((pixels != np.round(pixels)) | (pixels < 0) | (pixels > 255))
     if bad_px.size:
         r, c = bad_px[0]
         raise UserError(
             f"{path}: row {row_of[r]} has pixel value {pixels[r, c]:g}, expected integers 0-255"
         )
-    return Split(pixels.astype(np.uint8), labels.astype(np.int32))
+    return pixels.astype(np.uint8), None if labels is None else labels.astype(np.int32)
 
 
 def _csv_lines(path: Path, raw: bytes) -> list[str]:

@@ -197,12 +197,12 @@ def test_csv_with_and_without_labels(tmp_path, run, digits):
     ("text", "message"),
     [
         ("\ufeff" + ",".join(["0"] * 784) + "\n", None),  # A byte-order mark is accepted.
-        ("\t".join(["0"] * 785) + "\n", "tab separators"),
-        (";".join(["0"] * 785) + "\n", "semicolon separators"),
+        ("\t".join(["0"] * 785) + "\n", "separated by tabs"),
+        (";".join(["0"] * 785) + "\n", "separated by semicolons"),
         ("label," + ",".join(["p"] * 784) + "\n", "remove the header row"),
         (",".join(["0"] * 783) + "\n", "row 1 has 783 columns"),
         (",".join(["0"] * 784) + "\n" + ",".join(["0"] * 785) + "\n", "row 2 has 785 columns"),
-        ("3," + ",".join(["0"] * 783) + ",256\n", "row 1 has pixel 256"),
+        ("3," + ",".join(["0"] * 783) + ",256\n", "row 1 has pixel value 256"),
         ("12," + ",".join(["0"] * 784) + "\n", "row 1 has label 12"),
         ("", "empty CSV"),
     ],
