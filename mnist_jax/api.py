@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import config as config_lib, data as data_lib, driver, evaluate
+from mnist_jax import config as config_lib, data as data_lib, driver, evaluate, export as export_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -108,8 +108,6 @@ class Run:
     def export(self, path: str | os.PathLike) -> Path:
         """Writes the run's model as a jax.export artifact at `path` (and `path`.json), as
         `python -m mnist_jax.export` does: uint8 (n, 784) -> probabilities (n, classes)."""
-        from mnist_jax import export as export_lib
-
         return export_lib.export_run(self.workdir, path)
 
     def test_split(self) -> data_lib.Split:
@@ -119,7 +117,7 @@ class Run:
         return self.test
 
     def _figure_inputs(self) -> tuple:
-        from mnist_jax import plot
+        from mnist_jax import plot  # On use: matplotlib loads only when figures are asked for.
 
         test = self.test_split()
         kernel = plot.first_layer_kernel(self.params)
@@ -135,7 +133,7 @@ class Run:
     def figures(self) -> dict[str, Any]:
         """The run's matplotlib figures, by name: loss, confusion_matrix, reliability,
         first_layer_weights, samples, mistakes (a notebook shows them inline)."""
-        from mnist_jax import plot
+        from mnist_jax import plot  # On use: matplotlib loads only when figures are asked for.
 
         name = self.workdir.name
         return plot.run_figures(
@@ -144,7 +142,7 @@ class Run:
 
     def save_outputs(self) -> list[Path]:
         """Writes plots/ and report.md from what is in memory (no reload, no restore)."""
-        from mnist_jax import plot
+        from mnist_jax import plot  # On use: matplotlib loads only when figures are asked for.
 
         inputs = self._figure_inputs()
         with RunDir(self.workdir) as rundir:  # A writer: refused while a run trains there.

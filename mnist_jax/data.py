@@ -2,7 +2,7 @@
 
 Every loader returns uint8 pixels of shape (n, 784) and int32 labels of shape (n,). Pixels stay
 uint8 on the host and on the device (4x smaller than float32) and are scaled to [0, 1] inside
-the jitted model input (`train.scale_images`). Every problem with a file is a `UserError` that
+the jitted model input (`step.scale_images`). Every problem with a file is a `UserError` that
 names the file.
 """
 

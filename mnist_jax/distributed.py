@@ -1,6 +1,6 @@
 """Multi-process JAX: start the distributed runtime, and agree on host-side decisions.
 
-Everything else about scale lives in JAX itself: `train.Engine` puts a 1-D `data` mesh over
+Everything else about scale lives in JAX itself: `sharding.Placement` puts a 1-D `data` mesh over
 `jax.devices()` (all devices of all processes), replicates the state and the device-resident
 data, and shards each batch over the mesh, so the same code runs on 1 CPU, 8 GPUs or a pod.
 

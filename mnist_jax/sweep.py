@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from mnist_jax import cli, config as config_lib, driver, plot, scores
+from mnist_jax import api, cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import TABLES_LOCK, RunDir
 
@@ -226,8 +226,6 @@ def check_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
 
 def _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0):
     """Each group through the driver; each trained member's first-layer kernel."""
-    from mnist_jax import api
-
     api.enable_compilation_cache()
     cache, kernels = {}, {}
     for group in groups.values():
@@ -308,8 +306,6 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
     shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")
-    from mnist_jax import api
-
     api.enable_compilation_cache()
     rows = run_sweep(
         config, f.workdir, specs, f.max_parallel, f.vectorize,
