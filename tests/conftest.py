@@ -134,15 +134,26 @@ assert not loaded, loaded
 """
 
 
-def same_params(a, b) -> bool:
-    """The latest checkpoints of two run directories hold the same parameters, to the bit."""
+def trees_equal(a, b) -> bool:
+    """Two pytrees of arrays have the same structure and every leaf the same bits."""
     import jax
 
+    if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
+        return False
+    pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
+
+
+def params_of(workdir):
+    """The parameters of a run directory's latest checkpoint."""
     from mnist_jax import evaluate
 
-    pa, pb = evaluate.restore_model(a)[1], evaluate.restore_model(b)[1]
-    pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
-    return all(np.array_equal(x, y) for x, y in pairs)
+    return evaluate.restore_model(workdir)[1]
+
+
+def same_params(a, b) -> bool:
+    """The latest checkpoints of two run directories hold the same parameters, to the bit."""
+    return trees_equal(params_of(a), params_of(b))
 
 
 def latest_checkpoint(workdir: Path) -> int | None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from mnist_jax import data, evaluate, figures, models, report, scores, step
 from mnist_jax.sharding import Placement
 
-from conftest import small_config, train_results
+from conftest import small_config, train_results, trees_equal
 
 
 def reference(probs: np.ndarray, labels: np.ndarray, bins: int) -> dict:
@@ -175,5 +175,5 @@ def test_eval_sums_are_pure_and_jitted():
         fn(params, split.images, split.labels, split.size),
         fn(params, split.images, split.labels, split.size),
     )
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool((x == y).all()), a, b))
+    assert trees_equal(a, b)
     assert int(a["bin_count"].sum()) == 5 and a["bin_count"].shape == (scores.CALIBRATION_BINS,)

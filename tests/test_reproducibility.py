@@ -7,23 +7,20 @@ import signal
 import subprocess
 import time
 
-import jax
-import numpy as np
 import pytest
 
-from mnist_jax import errors, evaluate
+from mnist_jax import errors
 from mnist_jax.errors import UserError
 
-from conftest import REPO, latest_checkpoint, main_args, metric_rows, small_config, train_results
-
-
-def params_of(workdir):
-    return evaluate.restore_model(workdir)[1]
-
-
-def same_params(a, b) -> bool:
-    pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
-    return all(np.array_equal(x, y) for x, y in pairs)
+from conftest import (
+    REPO,
+    latest_checkpoint,
+    main_args,
+    metric_rows,
+    same_params,
+    small_config,
+    train_results,
+)
 
 
 @pytest.fixture
@@ -34,7 +31,7 @@ def dropout_config(idx_dir):
 def test_same_seed_twice_is_bit_identical(tmp_path, dropout_config):
     train_results(dropout_config, tmp_path / "a")
     train_results(dropout_config, tmp_path / "b")
-    assert same_params(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
+    assert same_params(tmp_path / "a", tmp_path / "b")
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
 
 
@@ -42,7 +39,7 @@ def test_different_seed_gives_different_parameters(tmp_path, dropout_config):
     train_results(dropout_config, tmp_path / "a")
     dropout_config.seed = 1
     train_results(dropout_config, tmp_path / "b", allow_config_change=True)
-    assert not same_params(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
+    assert not same_params(tmp_path / "a", tmp_path / "b")
 
 
 def test_resume_n_to_2n_equals_2n(tmp_path, dropout_config):
@@ -54,7 +51,7 @@ def test_resume_n_to_2n_equals_2n(tmp_path, dropout_config):
     dropout_config.num_steps = 120
     results = train_results(dropout_config, tmp_path / "resumed")
     assert results["resumed_from_step"] == 60
-    assert same_params(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
+    assert same_params(tmp_path / "full", tmp_path / "resumed")
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, dropout_config):
@@ -96,7 +93,7 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_state(tmp_path, idx_dir):
     assert "resumed from" in resumed.stderr
     straight = subprocess.run(args(tmp_path / "straight"), cwd=REPO, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    assert same_params(params_of(interrupted), params_of(tmp_path / "straight"))
+    assert same_params(interrupted, tmp_path / "straight")
     assert metric_rows(interrupted) == metric_rows(tmp_path / "straight")
     a = json.loads((interrupted / "results.json").read_text())["final"]
     b = json.loads((tmp_path / "straight" / "results.json").read_text())["final"]

@@ -13,11 +13,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from mnist_jax import api, data, evaluate, metrics
+from mnist_jax import api, data, metrics
 from mnist_jax.errors import UserError
 
 from conftest import (
@@ -27,6 +26,7 @@ from conftest import (
     make_not_file,
     metric_rows,
     no_hang,
+    same_params,
     small_config,
     train_results,
 )
@@ -54,12 +54,6 @@ def _one_error_line(proc) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return lines[0]
-
-
-def _same_params(a, b) -> bool:
-    pa, pb = evaluate.restore_model(a)[1], evaluate.restore_model(b)[1]
-    pairs = zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True)
-    return all(np.array_equal(x, y) for x, y in pairs)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +104,7 @@ def test_signal_mid_run_then_resume_is_exact(tmp_path, idx_dir, reference, sig, 
     assert f"stopped by {signal.Signals(sig).name}" in err
     resumed = _run(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _same_params(tmp_path, reference)
+    assert same_params(tmp_path, reference)
     assert metric_rows(tmp_path) == metric_rows(reference)
 
 
@@ -153,7 +147,7 @@ def test_kill_9_never_leaves_an_unrestorable_checkpoint(tmp_path, idx_dir, refer
     assert proc.returncode == -signal.SIGKILL
     resumed = _run(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _same_params(tmp_path, reference)
+    assert same_params(tmp_path, reference)
 
 
 def test_workdir_that_cannot_be_created(tmp_path, idx_dir):

@@ -14,14 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mnist_jax import evaluate, metrics, sweep
+from mnist_jax import metrics, sweep
 from mnist_jax.errors import UserError
 
-from conftest import REPO, metric_rows, small_config, train_results
-
-
-def _params(workdir):
-    return evaluate.restore_model(workdir)[1]
+from conftest import REPO, metric_rows, params_of, same_params, small_config, train_results
 
 
 def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
@@ -35,12 +31,7 @@ def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
         single = tmp_path / "single" / m.name
         results = train_results(m.config, single)
         member = tmp_path / "sweep" / m.name
-        pairs = zip(
-            jax.tree_util.tree_leaves(_params(single)),
-            jax.tree_util.tree_leaves(_params(member)),
-            strict=True,
-        )
-        assert all(np.array_equal(a, b) for a, b in pairs), m.name
+        assert same_params(single, member), m.name
         assert metric_rows(single) == metric_rows(member), m.name
         assert metrics.read_json(member / "results.json")["final"] == results["final"]
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
@@ -72,12 +63,7 @@ def test_max_parallel_chunks_give_the_same_members(tmp_path, idx_dir):
     sweep.run_sweep(c, tmp_path / "a", specs, max_parallel=8)
     sweep.run_sweep(c, tmp_path / "b", specs, max_parallel=2)
     for m in sweep.members(c, specs):
-        pairs = zip(
-            jax.tree_util.tree_leaves(_params(tmp_path / "a" / m.name)),
-            jax.tree_util.tree_leaves(_params(tmp_path / "b" / m.name)),
-            strict=True,
-        )
-        assert all(np.array_equal(x, y) for x, y in pairs)
+        assert same_params(tmp_path / "a" / m.name, tmp_path / "b" / m.name), m.name
 
 
 @pytest.mark.parametrize(
@@ -102,8 +88,8 @@ def test_vmap_members_match_single_runs_within_tolerance(tmp_path, idx_dir):
     sweep.run_sweep(c, tmp_path / "map", specs, vectorize="map", progress=False)
     for m in sweep.members(c, specs):
         pairs = zip(
-            jax.tree_util.tree_leaves(_params(tmp_path / "vmap" / m.name)),
-            jax.tree_util.tree_leaves(_params(tmp_path / "map" / m.name)),
+            jax.tree_util.tree_leaves(params_of(tmp_path / "vmap" / m.name)),
+            jax.tree_util.tree_leaves(params_of(tmp_path / "map" / m.name)),
             strict=True,
         )
         for a, b in pairs:
@@ -137,9 +123,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_members(tmp_path, idx_di
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     assert straight.returncode == 0, straight.stderr[-2000:]
     for name in ("learning_rate=0.05", "learning_rate=0.2"):
-        a, b = _params(stopped / name), _params(tmp_path / "straight" / name)
-        leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
-        assert all(np.array_equal(x, y) for x, y in leaves), name
+        assert same_params(stopped / name, tmp_path / "straight" / name), name
         assert metric_rows(stopped / name) == metric_rows(tmp_path / "straight" / name)
 
 

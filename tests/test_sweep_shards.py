@@ -9,15 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mnist_jax import evaluate, metrics, sweep
+from mnist_jax import metrics, sweep
 from mnist_jax.errors import UserError
 
-from conftest import REPO, file_bytes, metric_rows, one_error_line, small_config, sweep_args
+from conftest import (
+    REPO,
+    file_bytes,
+    metric_rows,
+    one_error_line,
+    same_params,
+    small_config,
+    sweep_args,
+)
 
 SPEC = [
     "--config.num_steps=40",
@@ -26,15 +32,6 @@ SPEC = [
     "--sweep=seed=0,1",
 ]
 NAMES = [f"learning_rate={lr}-seed={s}" for lr in (0.05, 0.2) for s in (0, 1)]
-
-
-def _params_equal(a, b) -> bool:
-    pairs = zip(
-        jax.tree_util.tree_leaves(evaluate.restore_model(a)[1]),
-        jax.tree_util.tree_leaves(evaluate.restore_model(b)[1]),
-        strict=True,
-    )
-    return all(np.array_equal(x, y) for x, y in pairs)
 
 
 def _sweep(idx_dir, workdir, *extra) -> subprocess.CompletedProcess:
@@ -71,7 +68,7 @@ def test_two_shards_at_once_then_a_merge_equal_the_unsharded_sweep(tmp_path, idx
     assert (sharded / "sweep.csv").read_text() == (straight / "sweep.csv").read_text() == table
     assert (sharded / "sweep.json").read_text() == (straight / "sweep.json").read_text()
     for name in NAMES:
-        assert _params_equal(sharded / name, straight / name), name
+        assert same_params(sharded / name, straight / name), name
         assert metric_rows(sharded / name) == metric_rows(straight / name), name
 
 
@@ -120,7 +117,7 @@ def test_members_at_different_steps_train_by_start_step_and_a_config_change_is_r
         name = f"learning_rate={lr}"
         results = metrics.read_json(workdir / name / "results.json")
         assert (results["sweep_group_size"], results["resumed_from_step"]) == (size, resumed)
-        assert _params_equal(workdir / name, straight / name), name
+        assert same_params(workdir / name, straight / name), name
         assert metric_rows(workdir / name) == metric_rows(straight / name), name
     before = file_bytes(workdir)
     changed = small_config(idx_dir, "linear", num_steps=90, seed=1)

@@ -22,7 +22,7 @@ from mnist_jax import (
 from mnist_jax.errors import UserError
 from mnist_jax.sharding import Placement
 
-from conftest import small_config, train_results
+from conftest import small_config, train_results, trees_equal
 
 
 def _parts(config):
@@ -35,11 +35,6 @@ def _chunk(config, model, tx):
     return jax.jit(
         functools.partial(step.train_chunk, model=model, tx=tx, batch_size=config.batch_size)
     )
-
-
-def _tree_equal(a, b) -> bool:
-    leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
-    return all(np.array_equal(x, y) for x, y in leaves)
 
 
 def test_adagrad_chain_is_tf1_adagrad_after_global_clipping():
@@ -120,7 +115,7 @@ def test_chunking_does_not_change_the_result(sample, dropout):
     many = init()
     for s in range(10):
         many, _ = run(many, images, labels, rows, s, 1)
-    assert _tree_equal(one, two) and _tree_equal(one, many)
+    assert trees_equal(one, two) and trees_equal(one, many)
 
 
 def test_the_loop_takes_each_epochs_permutation_in_consecutive_batches(sample):
@@ -142,7 +137,7 @@ def test_the_loop_takes_each_epochs_permutation_in_consecutive_batches(sample):
         batch = rows[perm[k * 300 : (k + 1) * 300]]
         seen.append(batch)
         state, _ = one_step(state, sample.images[batch], sample.labels[batch])
-    assert _tree_equal(fused.replace(loss_sum=0.0), state)  # The loop also sums the losses.
+    assert trees_equal(fused.replace(loss_sum=0.0), state)  # The loop also sums the losses.
     first_epoch = np.concatenate(seen[:3])
     assert len(set(first_epoch.tolist())) == 900 and set(first_epoch) <= set(rows)
     assert not np.array_equal(np.sort(seen[0]), np.sort(seen[3]))  # A fresh order per epoch.
