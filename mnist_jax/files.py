@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_jax import outputs
 from mnist_jax.errors import UserError
 from mnist_jax.inputs import CHUNK, check_file, open_data, read_file
 
@@ -129,7 +130,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     magic = 0x800 | array.ndim
     raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
-    Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
+    payload = gzip.compress(raw) if str(path).endswith(".gz") else raw
+    outputs.write_atomic(path, lambda f: f.write(payload))
 
 
 def locate_idx_file(directory: Path, stem: str) -> Path | None:
@@ -278,4 +280,4 @@ def _clip(text: str, limit: int = 40) -> str:
 def write_csv(path: str | os.PathLike, split: Split) -> None:
     """Writes a split in the notebook CSV layout (label first), e.g. for tests and exports."""
     table = np.concatenate([split.labels[:, None].astype(np.int64), split.images], axis=1)
-    np.savetxt(path, table, fmt="%d", delimiter=",")
+    outputs.write_atomic(path, lambda f: np.savetxt(f, table, fmt="%d", delimiter=","))

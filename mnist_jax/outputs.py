@@ -5,8 +5,9 @@ format is one matplotlib writes, it is not a directory, a FIFO or a read-only fi
 written to a temporary file in the same directory and renamed into place, so a reader never sees
 half a file and a symlink at the target is replaced, never followed. With a `root` (the run
 directory), a target whose directory leads outside the root (through a symlinked `plots/`, say)
-is refused. A temporary file left by a writer killed mid-write (kill -9) carries its pid and is
-removed by the next write of the same file.
+is refused (`check_inside`, the one such guard: run files use it too). A temporary file left
+by a writer killed mid-write (kill -9) carries its pid and is removed by the next write of the
+same file. `write_atomic` is the package's one atomic writer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ TEXT_SUFFIXES = (".md", ".txt", ".csv", ".json")
 
 def figure_formats() -> list[str]:
     """The file extensions matplotlib's Agg canvas writes (png, pdf, svg, jpg, ...)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # On use: slow to import.
 
     return sorted(FigureCanvasAgg.get_supported_filetypes())
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
 from matplotlib.figure import Figure
 
 from mnist_jax import (
@@ -267,8 +268,6 @@ def plot_sweep(
 
 def main(argv: list[str], overrides: dict[str, Any]) -> None:
     """The command line (flags defined under __main__: main.py imports this module too)."""
-    from absl import flags
-
     f = flags.FLAGS
     workdirs = list(f.compare or []) + argv[1:]  # --compare a b: b arrives as an argument.
     if f.compare:
@@ -295,7 +294,6 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import flags
     from ml_collections import config_flags
 
     from mnist_jax import cli
