@@ -23,7 +23,8 @@ import numpy as np
 
 from mnist_jax import config as config_lib, data as data_lib, driver, evaluate, export as export_lib
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import RunDir
+from mnist_jax.report import REPORT_FILE
+from mnist_jax.rundir import RESULTS, RunDir
 
 CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"
 
@@ -174,7 +175,7 @@ class Run:
                 "this ran on the bundled 5,000-digit sample; for full MNIST put its four IDX "
                 "files in a directory and pass --config.data.dir=DIR (or set MNIST_JAX_DATA_DIR)"
             )
-        if (self.workdir / "report.md").exists():
+        if (self.workdir / REPORT_FILE).exists():
             lines.append(f"plots {self.workdir / 'plots'}; report {self.workdir / 'report.md'}")
         return "\n".join(lines)
 
@@ -214,7 +215,7 @@ def finish(outcome: driver.Outcome, t0: float) -> Run:
         if "final" not in outcome.results:
             return _diverged(outcome)
         run = load_run(m.rundir.path)
-        if m.config.plots and not (run.workdir / "report.md").exists():
+        if m.config.plots and not (run.workdir / REPORT_FILE).exists():
             run.save_outputs()  # Interrupted while plotting: make them now.
         return run
     ds = outcome.dataset
@@ -227,7 +228,7 @@ def finish(outcome: driver.Outcome, t0: float) -> Run:
         timing["plots_s"] = round(time.time() - t, 3)
     timing["wall_s"] = round(time.time() - t0, 3)
     run.results = {**run.results, "timing": timing, "wall_time_s": timing["wall_s"]}
-    m.rundir.write_json("results.json", run.results)
+    m.rundir.write_json(RESULTS, run.results)
     return run
 
 

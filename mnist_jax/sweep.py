@@ -40,7 +40,7 @@ from absl import flags, logging
 
 from mnist_jax import api, cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import TABLES_LOCK, RunDir
+from mnist_jax.rundir import SWEEP, TABLES_LOCK, RunDir
 
 # Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
 VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
@@ -205,7 +205,7 @@ def run_sweep(
 
 def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
     """Every path the sweep will write, its members' included, before any is written."""
-    figures = (TABLES_LOCK, "sweep.json", "sweep.csv", "sweep.png", "first_layer_by_steps.png")
+    figures = (TABLES_LOCK, SWEEP, "sweep.csv", "sweep.png", "first_layer_by_steps.png")
     sweep_dir.check_outputs(files=figures, dirs=tuple(m.name for m in all_members))
     for m in all_members:
         m.rundir.check_kind("run")
@@ -276,7 +276,7 @@ def _plain(v: Any) -> Any:
 
 
 def _write_tables(rows: list[dict[str, Any]], rundir: RunDir) -> None:
-    rundir.write_json("sweep.json", rows)
+    rundir.write_json(SWEEP, rows)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=fields)

@@ -252,3 +252,35 @@ def test_the_docstring_check_catches_a_stale_name(monkeypatch, bad):
     tree = ast.parse(f'"""See {bad}."""\n')
     monkeypatch.setitem(MODULES, "mnist_jax._probe", tree)
     assert any(bad in s for s in _stale_names())
+
+
+# Writing a file in place of another is `outputs.write_atomic`'s job alone; runfiles moves a
+# corrupt checkpoint's directory aside with os.replace (a move, not a write).
+RENAMERS = {"replace", "rename", "NamedTemporaryFile", "mkstemp", "write_bytes"}
+MAY_RENAME = {"mnist_jax.outputs": RENAMERS, "mnist_jax.runfiles": {"replace"}}
+
+
+def _renames(tree: ast.Module) -> set[str]:
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in RENAMERS
+        and not (node.func.attr == "replace" and _is_str_replace(node))
+    }
+
+
+def _is_str_replace(call: ast.Call) -> bool:
+    """`text.replace(a, b)` and `dataclass.replace(...)`, not `os.replace(src, dst)`."""
+    owner = call.func.value
+    return not (isinstance(owner, ast.Name) and owner.id == "os")
+
+
+def test_one_atomic_writer():
+    found = {
+        m: sorted(_renames(tree) - MAY_RENAME.get(m, set()))
+        for m, tree in MODULES.items()
+        if _renames(tree) - MAY_RENAME.get(m, set())
+    }
+    assert not found, found
