@@ -284,3 +284,24 @@ def test_one_atomic_writer():
         if _renames(tree) - MAY_RENAME.get(m, set())
     }
     assert not found, found
+
+
+def _layout_rows() -> list[str]:
+    """The first cells of the README's Layout table."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    section = text[text.index("\n## Layout") :]
+    section = section[: section.index("\n## ", 1)]
+    return [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readme_layout_names_every_module_and_only_modules():
+    """Every module (a subpackage as `name/`) has a row; every `x.py` a row names exists."""
+    cells = " ".join(_layout_rows())
+    named = {
+        n.removeprefix("mnist_jax/").removesuffix("/").removesuffix(".py")
+        for n in re.findall(r"`([\w./]+)`", cells)
+        if n.endswith((".py", "/")) and not n.startswith(("configs", "launch", "benchmarks"))
+    }
+    top = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    assert top - named == set(), "missing from README's Layout table"
+    assert named - top == set(), "named in README's Layout table but not in mnist_jax/"
