@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from mnist_jax import data
+from mnist_jax import data, predict
 from mnist_jax.errors import UserError
 
 from conftest import full_mnist_dir
@@ -301,3 +303,42 @@ def test_load_idx_split_takes_the_label_range_and_counts_classes_from_0(tmp_path
     zero = _write(tmp_path / "z", struct.pack(">II", 2049, 3) + bytes([1, 0, 2]))
     with pytest.raises(UserError, match="row 2 has label 0, expected 1-26"):
         data.load_idx_split(imgs, zero, num_classes=26, first_label=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cell=st.one_of(
+        st.sampled_from(["inf", "nan", "-1", "256", "2.5", "x", "", "1e400"]),
+        st.integers(-3, 300).map(str),
+    ),
+    row=st.integers(0, 2),
+    col=st.integers(0, 784),
+)
+def test_training_and_predict_csv_rows_are_read_alike(tmp_path_factory, sample, cell, row, col):
+    """One CSV reader: a labelled file reads the same for training and for predict, and an
+    unlabelled one gives predict the same pixels, or both name the same problem."""
+    rows = [[str(sample.labels[i]), *map(str, sample.images[i])] for i in range(3)]
+    rows[row][col] = cell
+    folder = tmp_path_factory.mktemp("csv")
+    labelled, unlabelled = folder / "l.csv", folder / "u.csv"
+    labelled.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    unlabelled.write_text("\n".join(",".join(r[1:]) for r in rows) + "\n")
+
+    def outcome(read, path):
+        try:
+            pixels, labels = read(path)
+            return pixels.tolist(), None if labels is None else labels.tolist()
+        except UserError as e:
+            return str(e).removeprefix(f"{path}: ")
+
+    def row_of(message: str) -> str:
+        return re.match(r"row \d+", message).group()
+
+    train = outcome(lambda p: (data.read_csv(p).images, data.read_csv(p).labels), labelled)
+    assert outcome(predict.read_rows, labelled) == train
+    if col > 0:  # A pixel: the same pixels, or the same row and problem, without labels.
+        pixels_only = outcome(predict.read_rows, unlabelled)
+        if isinstance(train, tuple):
+            assert pixels_only == (train[0], None)
+        else:
+            assert isinstance(pixels_only, str) and row_of(pixels_only) == row_of(train)
