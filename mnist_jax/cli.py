@@ -24,6 +24,7 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
+from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 
 from mnist_jax.errors import STOP_SIGNALS, PeerLost, UserError
@@ -150,6 +151,21 @@ def _one_line_unraisable(unraisable) -> None:
 
 
 # ----------------------------------------------------------------------------- flags
+
+
+def define_flags(
+    workdir_help: str, config_help: str | None = None, *, optional_config: bool = False
+) -> tuple[flags.FlagHolder, flags.FlagHolder | None]:
+    """Every command's `--workdir` and, given its help, `--config` (a config file or shipped
+    name, its fields overridden by `--config.FIELD=VALUE`, parsed by `split_config_args`);
+    `optional_config`: without `--config`, the base config. Returns their holders."""
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+    if config_help is None:
+        return workdir, None
+    from mnist_jax import config as config_lib
+
+    default = config_lib.__file__ if optional_config else None
+    return workdir, config_flags.DEFINE_config_file("config", default, config_help)
 
 
 def parse_flags(argv: list[str], overrides: dict[str, Any] | None = None) -> list[str]:

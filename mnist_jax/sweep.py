@@ -305,10 +305,10 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for the sweep; one subdirectory per member.")
+    cli.define_flags(
+        "Directory for the sweep; one subdirectory per member.",
+        "A config file (configs/dnn.py) or shipped name; --config.FIELD=VALUE overrides a field.",
+    )
     flags.DEFINE_multi_string("sweep", None, "field=v1,v2,... (repeatable: cartesian product).")
     flags.DEFINE_integer("max_parallel", 32, "Members trained at once in one vmapped program.")
     flags.DEFINE_string("vectorize", "auto", "vmap, map, or auto (map on CPU, else vmap).")
