@@ -14,6 +14,7 @@ A closed stdout (`... | head -1`) ends the command quietly with status 1.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import signal
@@ -21,7 +22,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import ml_collections
 from absl import app, flags, logging
+from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
 
 from mnist_jax.errors import STOP_SIGNALS, PeerLost, UserError
 
@@ -149,6 +153,21 @@ def _one_line_unraisable(unraisable) -> None:
 # ----------------------------------------------------------------------------- flags
 
 
+def define_flags(
+    workdir_help: str, config_help: str | None = None, *, optional_config: bool = False
+) -> tuple[flags.FlagHolder, flags.FlagHolder | None]:
+    """Every command's `--workdir` and, given its help, `--config` (a config file or shipped
+    name, its fields overridden by `--config.FIELD=VALUE`, parsed by `split_config_args`);
+    `optional_config`: without `--config`, the base config. Returns their holders."""
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+    if config_help is None:
+        return workdir, None
+    from mnist_jax import config as config_lib
+
+    default = config_lib.__file__ if optional_config else None
+    return workdir, config_flags.DEFINE_config_file("config", default, config_help)
+
+
 def parse_flags(argv: list[str], overrides: dict[str, Any] | None = None) -> list[str]:
     """absl's parse, with the config built by `split_config_args` (complete, overridden,
     validated; its overrides put in `overrides`) and every failure as one line."""
@@ -186,35 +205,13 @@ def split_config_args(
     if spec is None:  # Overrides alone (plot, predict, eval) apply to the base config.
         if not any(_override_name(a) for a in argv):
             return argv, None
-        config, resolved, arg = config_lib.get_config(), "", ""
-    else:
+        config, config_flag = config_lib.get_config(), ""
+    else:  # The flag names the resolved file: config_flags loads it again, from any cwd.
         path, _, arg = spec.partition(":")
         resolved = config_lib.resolve(path)
         config = config_lib.load_file(resolved, arg or None)
-    known = config_lib.field_names(config)
-    rest, values = [], {}
-    args = iter(argv)
-    for a in args:
-        name = _override_name(a)
-        if a.startswith(("--config=", "-config=")):
-            a = f"--config={resolved}" + (f":{arg}" if arg else "")
-        if a == "--" or name is None:
-            rest += [a, *args] if a == "--" else [a]
-            continue
-        if name not in known:
-            leaves = config_lib.flatten(config_lib.to_dict(config))
-            raise UserError(f"unknown config field {name}{config_lib.did_you_mean(name, leaves)}")
-        old = config_lib.field_value(config, name)
-        if a.startswith(("--noconfig.", "-noconfig.")):
-            raw = "false"
-        elif "=" in a:
-            raw = a.split("=", 1)[1]
-        elif isinstance(old, bool):
-            raw = "true"
-        else:
-            raw = next(args, "")
-        values.pop(name, None)
-        values[name] = raw  # Only the last value is parsed: the others are replaced.
+        config_flag = f"--config={resolved}" + (f":{arg}" if arg else "")
+    rest, values = _split_overrides(argv, config, config_flag)
     typed = {n: _typed(n, config_lib.field_value(config, n), raw) for n, raw in values.items()}
     config_lib.apply_overrides(config, typed)
     if overrides is not None:
@@ -223,6 +220,37 @@ def split_config_args(
     config_lib.validate(config)
     config.lock()
     return rest, config
+
+
+def _split_overrides(argv: list[str], config: Any, config_flag: str) -> tuple[list, dict]:
+    """(the other arguments, {field: the text of its last --config.FIELD flag}); an unknown
+    field is an error."""
+    from mnist_jax import config as config_lib
+
+    known = config_lib.field_names(config)
+    rest, values = [], {}
+    args = iter(argv)
+    for a in args:
+        name = _override_name(a)
+        if a.startswith(("--config=", "-config=")):
+            a = config_flag
+        if a == "--" or name is None:
+            rest += [a, *args] if a == "--" else [a]
+            continue
+        if name not in known:
+            leaves = config_lib.flatten(config_lib.to_dict(config))
+            raise UserError(f"unknown config field {name}{config_lib.did_you_mean(name, leaves)}")
+        if a.startswith(("--noconfig.", "-noconfig.")):
+            raw = "false"
+        elif "=" in a:
+            raw = a.split("=", 1)[1]
+        elif isinstance(config_lib.field_value(config, name), bool):
+            raw = "true"
+        else:
+            raw = next(args, "")
+        values.pop(name, None)
+        values[name] = raw  # Only the last value is parsed: the others are replaced.
+    return rest, values
 
 
 def _joined_config_flag(argv: list[str]) -> list[str]:
@@ -241,27 +269,36 @@ def _override_name(arg: str) -> str | None:
 
 
 def _typed(name: str, old: Any, raw: str) -> Any:
-    """A flag's text as the field's type, with ml_collections' parsers; one line when not."""
-    import ast
-
-    import ml_collections
-    from ml_collections.config_flags import tuple_parser
-
-    parsers = [
-        (bool, flags.BooleanParser(), "true or false"),
-        (int, flags.IntegerParser(), "an integer"),
-        (float, flags.FloatParser(), "a number"),
-        (tuple, tuple_parser.TupleParser(), "a tuple such as '(512, 256)'"),
-    ]
     try:
-        for kind, parser, _ in parsers:
-            if isinstance(old, kind):
-                return parser.parse(raw)
-        if isinstance(old, str):
+        return parse_value(raw, old)
+    except ValueError as e:
+        raise UserError(f"--config.{name}={raw!r}: expected {e}") from None
+
+
+_PARSERS = (  # By the type of the field's value (bool before int: a bool is an int).
+    (bool, flags.BooleanParser(), "true or false"),
+    (int, flags.IntegerParser(), "an integer"),
+    (float, flags.FloatParser(), "a number"),
+    (tuple, tuple_parser.TupleParser(), "a tuple such as '(512, 256)'"),
+)
+
+
+def parse_value(raw: str, like: Any) -> Any:
+    """The one parser of a config value given as text (`--config.FIELD=` and `--sweep`):
+    `raw` as a value of `like`'s type, with absl's and ml_collections' flag parsers (a scalar
+    for a tuple is a one-tuple); a str is the text itself; anything else a Python literal.
+    Otherwise a ValueError whose text is what was expected ("an integer")."""
+    parser, what = next(((p, w) for k, p, w in _PARSERS if isinstance(like, k)), (None, None))
+    try:
+        if parser is not None:
+            return parser.parse(raw)
+        if isinstance(like, str):
             return raw
-        if isinstance(old, ml_collections.ConfigDict):
-            return ml_collections.ConfigDict(ast.literal_eval(raw))
-        return ast.literal_eval(raw)
-    except (ValueError, TypeError, SyntaxError, flags.Error):
-        what = next((w for k, _, w in parsers if isinstance(old, k)), "a Python literal")
-        raise UserError(f"--config.{name}={raw!r}: expected {what}") from None
+        value = ast.literal_eval(raw)
+        return (
+            ml_collections.ConfigDict(value)
+            if isinstance(like, ml_collections.ConfigDict)
+            else value
+        )
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, flags.Error):
+        raise ValueError(what or "a Python literal") from None

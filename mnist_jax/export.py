@@ -202,6 +202,6 @@ if __name__ == "__main__":
 
     from mnist_jax import cli
 
-    flags.DEFINE_string("workdir", None, "A finished run's directory.")
+    cli.define_flags("A finished run's directory.")
     flags.DEFINE_string("out", None, "The artifact to write (its description: OUT.json).")
     cli.run(main)

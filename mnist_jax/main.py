@@ -14,15 +14,14 @@ in the command line, never by the library that `mnist_jax.train` is.
 from __future__ import annotations
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from mnist_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file (configs/dnn.py) or shipped name; override any field with "
-    "--config.FIELD=VALUE (see --show_config).", lock_config=True
-)  # fmt: skip
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots.")
+_WORKDIR, _CONFIG = cli.define_flags(
+    "Directory for checkpoints, metrics, plots.",
+    "A config file (configs/dnn.py) or shipped name; override any field with "
+    "--config.FIELD=VALUE (see --show_config).",
+)
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "eval"], "train (resuming if the workdir has a checkpoint), or "
     "eval: score the workdir's latest checkpoint on its own test data (--config optional)."
@@ -70,31 +69,14 @@ def run(argv: list[str], overrides: dict) -> int:
 
     import jax
 
-    from mnist_jax import api, distributed, evaluate  # Imported after flags parse: jax.
+    from mnist_jax import api, distributed  # Imported after flags parse: jax.
 
     distributed.initialize(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value,
         _PEER_TIMEOUT.value,
     )  # fmt: skip
     if _MODE.value == "eval":
-        other = [k for k in overrides if not k.startswith("data.")]
-        if flags.FLAGS["config"].present:  # Allowed when it describes the run's own model.
-            from mnist_jax.rundir import RunDir
-
-            saved = RunDir(_WORKDIR.value).saved_config()
-            if saved is not None:
-                fields = config_lib.differing_fields(
-                    config_lib.to_dict(saved), config_lib.to_dict(config)
-                )
-                other += [f for f in fields if not f.startswith("data.")
-                          and f not in config_lib.RESUMABLE_FIELDS]  # fmt: skip
-        if other:
-            raise UserError(
-                f"config.{other[0]} differs from the run's: eval scores the run's own model; "
-                "give only --config.data.FIELD=VALUE flags (or no --config)"
-            )
-        data = {k.removeprefix("data."): v for k, v in overrides.items() if k.startswith("data.")}
-        evaluate.evaluate_workdir(_WORKDIR.value, data)
+        _evaluate(config, overrides)
         return 0
     api.enable_compilation_cache()
     if jax.process_count() > 1 and config.plots:
@@ -110,6 +92,31 @@ def run(argv: list[str], overrides: dict) -> int:
     if jax.process_index() == 0:
         print(result.summary())
     return 0
+
+
+def _evaluate(config, overrides: dict) -> None:
+    """--mode=eval: scores the workdir's latest checkpoint on its own test data, or on other
+    data named by --config.data.FIELD flags; any other field must be the run's own."""
+    from mnist_jax import config as config_lib, evaluate
+    from mnist_jax.errors import UserError
+    from mnist_jax.rundir import RunDir
+
+    other = [k for k in overrides if not k.startswith("data.")]
+    if flags.FLAGS["config"].present:  # Allowed when it describes the run's own model.
+        saved = RunDir(_WORKDIR.value).saved_config()
+        if saved is not None:
+            fields = config_lib.differing_fields(
+                config_lib.to_dict(saved), config_lib.to_dict(config)
+            )
+            other += [f for f in fields if not f.startswith("data.")
+                      and f not in config_lib.RESUMABLE_FIELDS]  # fmt: skip
+    if other:
+        raise UserError(
+            f"config.{other[0]} differs from the run's: eval scores the run's own model; "
+            "give only --config.data.FIELD=VALUE flags (or no --config)"
+        )
+    data = {k.removeprefix("data."): v for k, v in overrides.items() if k.startswith("data.")}
+    evaluate.evaluate_workdir(_WORKDIR.value, data)
 
 
 def process_start_time() -> float:

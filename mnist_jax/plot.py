@@ -294,16 +294,13 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
     from mnist_jax import cli
 
-    flags.DEFINE_string("workdir", None, "Run directory to plot.")
+    cli.define_flags(
+        "Run directory to plot.",
+        "Optional; --config.data.FIELD=VALUE scores other data than the run's own.",
+        optional_config=True,
+    )
     flags.DEFINE_multi_string("compare", None, "Run directories to overlay (repeatable).")
     flags.DEFINE_string("out", "compare.png", "Output file of --compare (.png, .pdf, .svg, ...).")
-    config_flags.DEFINE_config_file(
-        "config",
-        config_lib.__file__,
-        "Optional; --config.data.FIELD=VALUE scores other data than the run's own.",
-    )
     cli.run(main)

@@ -90,13 +90,12 @@ def main(argv: list[str], overrides: dict) -> int:
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
     from mnist_jax import cli
 
-    flags.DEFINE_string("workdir", None, "A trained run's directory.")
-    flags.DEFINE_string("csv", None, "A CSV file: 784 pixels per row, or a label and 784 pixels.")
-    config_flags.DEFINE_config_file(
-        "config", config_lib.__file__, "Optional: checked against the run's own saved config."
+    cli.define_flags(
+        "A trained run's directory.",
+        "Optional: checked against the run's own saved config.",
+        optional_config=True,
     )
+    flags.DEFINE_string("csv", None, "A CSV file: 784 pixels per row, or a label and 784 pixels.")
     cli.run(main)

@@ -81,14 +81,7 @@ def start(
     is this command's run.json (its resolved step count and data fingerprint)."""
     seen = distributed.from_process_0(lambda: read(rundir, config, allow_change))
     changed, finished = seen["changed"], seen["finished"]
-    saved, at, skipped = None, None, []
-    if seen["steps"]:
-        abstract = jax.eval_shape(lambda: step_lib.init_state(model, tx, 0))
-        with ckpt_lib.Checkpointer(rundir.checkpoints, create=False) as c:
-            saved, at, skipped = ckpt_lib.restore_latest(
-                c, abstract, fallback, steps=seen["steps"], agree=distributed.first_error
-            )
-    at = at or 0
+    saved, at, skipped = _restore(rundir, model, tx, seen["steps"], fallback)
     if finished and at == num_steps and not changed:
         logging.info("%s already finished %d steps; nothing to do", rundir.path, at)
         return Start(None, finished)
@@ -119,6 +112,19 @@ def start(
         logging.info("config change allowed (%s): resuming with the new values", ", ".join(changed))
     logging.info("%sresumed from %s at step %d", tag, rundir.checkpoints, at)
     return Start(state, skipped=skipped)
+
+
+def _restore(rundir: RunDir, model: Any, tx: Any, steps: list[int], fallback: bool):
+    """(the newest intact checkpoint's arrays or None, its step or 0, the corrupt steps
+    skipped), the restore's success agreed by every process."""
+    if not steps:
+        return None, 0, []
+    abstract = jax.eval_shape(lambda: step_lib.init_state(model, tx, 0))
+    with ckpt_lib.Checkpointer(rundir.checkpoints, create=False) as c:
+        saved, at, skipped = ckpt_lib.restore_latest(
+            c, abstract, fallback, steps=steps, agree=distributed.first_error
+        )
+    return saved, at or 0, skipped
 
 
 def check_same_steps(

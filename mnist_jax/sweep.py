@@ -48,53 +48,51 @@ VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_d
 
 def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list[Any]:
     """'0.1,0.3' -> [0.1, 0.3]; '(64,),(128,)' -> [(64,), (128,)]; 'sgd,adam' -> names.
-    Values take the type of the base config's field."""
+    Each value is parsed as `--config.FIELD=` parses it (`cli.parse_value`), to the type of
+    the base config's field; a value given twice (equal as that type) is refused."""
     try:
-        current = _get(base, field)
+        current = config_lib.field_value(base, field)
     except (KeyError, AttributeError):
         raise UserError(f"--sweep {field}: the config has no field {field!r}") from None
-    if any(not v.strip() for v in text.split(",")):  # literal_eval would drop "0.1,"'s end.
+    if any(not v.strip() for v in text.split(",")):  # A stray comma: "0.1,", ",0.1", "0.1,,0.3".
         raise UserError(f"--sweep {field}={text}: an empty value (a stray comma?)")
-    try:
-        values = ast.literal_eval(f"[{text}]")
-    except (ValueError, SyntaxError):  # Names (sgd,adam), or inf/nan: one value at a time.
-        values = [_literal(v.strip()) for v in text.split(",")]
-    if not values:
-        raise UserError(f"--sweep {field}=: no values")
-    kind = type(current)
     out = []
-    for v in values:
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if kind is int and isinstance(v, float) and v.is_integer():
-            v = int(v)  # 1.0 is the int 1 (and so a repeat of 1).
-        if kind is tuple and isinstance(v, int):
-            v = (v,)
-        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-            name = {"int": "an integer", "float": "a number"}.get(kind.__name__, kind.__name__)
-            raise UserError(f"--sweep {field}={text}: {v!r} is not {name}")
-        if kind is float and v == 0:
+    for item in _items(text):
+        try:
+            v = cli.parse_value(item, current)
+        except ValueError as e:
+            raise UserError(f"--sweep {field}={text}: {_shown(item)} is not {e}") from None
+        if isinstance(v, float) and v == 0:
             v = 0.0  # -0.0 is 0.0: one member, named 0.0.
-        # Equal as the field's type (0.1 and 0.10, 1 and 1.0, -0.0 and 0); floats as the float32
-        # the step computes with (0.1 and 0.1000000001 train the same bits).
-        if v in out or (kind is float and np.float32(v) in [np.float32(o) for o in out]):
+        # Equal as the field's type (0.1 and 0.10, 0x10 and 16, -0.0 and 0); floats as the
+        # float32 the step computes with (0.1 and 0.1000000001 train the same bits).
+        if v in out or (isinstance(v, float) and np.float32(v) in [np.float32(o) for o in out]):
             raise UserError(f"--sweep {field}={text}: {v!r} is given twice; list each value once")
         out.append(v)
     return out
 
 
-def _literal(text: str) -> Any:
-    """A Python literal, an int such as '007', a float such as 'inf', or the text itself."""
+def _items(text: str) -> list[str]:
+    """The values' texts: split at the commas between Python expressions ('(64,),(128,)' is two
+    tuples; a quoted string is its text), else at every comma ('007,sgd')."""
+    source = f"[{text}]"
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+        node = ast.parse(source, mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        node = None
+    if not isinstance(node, ast.List):
+        return [v.strip() for v in text.split(",")]
+    return [e.value if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            else ast.get_source_segment(source, e) for e in node.elts]  # fmt: skip
+
+
+def _shown(item: str) -> str:
+    """A value as an error names it: a Python literal as written, other text quoted."""
+    try:
+        ast.literal_eval(item)
+        return item
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return repr(item)
 
 
 def members(
@@ -117,25 +115,11 @@ def members(
         with c.unlocked():
             if "sweep" in c:
                 del c["sweep"]
-        for field, value in overrides.items():
-            _set(c, field, value)
+        config_lib.apply_overrides(c, overrides)
         config_lib.validate(c)
         name = _name(overrides)
         out.append(driver.Member(c, RunDir(Path(workdir) / name), name, overrides))
     return out
-
-
-def _get(c: ml_collections.ConfigDict, field: str) -> Any:
-    for part in field.split("."):
-        c = c[part]
-    return c
-
-
-def _set(c: ml_collections.ConfigDict, field: str, value: Any) -> None:
-    *path, last = field.split(".")
-    for part in path:
-        c = c[part]
-    c[last] = value
 
 
 def _name(overrides: dict[str, Any]) -> str:
@@ -317,10 +301,10 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for the sweep; one subdirectory per member.")
+    cli.define_flags(
+        "Directory for the sweep; one subdirectory per member.",
+        "A config file (configs/dnn.py) or shipped name; --config.FIELD=VALUE overrides a field.",
+    )
     flags.DEFINE_multi_string("sweep", None, "field=v1,v2,... (repeatable: cartesian product).")
     flags.DEFINE_integer("max_parallel", 32, "Members trained at once in one vmapped program.")
     flags.DEFINE_string("vectorize", "auto", "vmap, map, or auto (map on CPU, else vmap).")

@@ -80,7 +80,7 @@ STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 before = {s: signal.getsignal(s) for s in STOP}
 import jax
 import mnist_jax as mj
-from mnist_jax import checkpoint, driver, metrics
+from mnist_jax import checkpoint, group, metrics
 from conftest import small_config
 assert {s: signal.getsignal(s) for s in STOP} == before, "importing installed handlers"
 jax_config = dict(jax.config.values)
@@ -89,12 +89,13 @@ def later(sig, delay):
     threading.Timer(delay, os.kill, (os.getpid(), sig)).start()
 
 MOMENTS = {
-    "compile": (driver._Group, "compile", lambda: later(signal.SIGINT, 0.05)),
+    "compile": (group.Group, "compile", lambda: later(signal.SIGINT, 0.05)),
     "chunk": (metrics._Bar, "update", lambda: later(signal.SIGINT, 0.005)),
     "save": (checkpoint.Checkpointer, "save", lambda: os.kill(os.getpid(), signal.SIGINT)),
-    "eval": (driver._Group, "eval_split", lambda: os.kill(os.getpid(), signal.SIGINT)),
+    "eval": (group.Group, "eval_split", lambda: os.kill(os.getpid(), signal.SIGINT)),
     "hangup": (metrics._Bar, "update", lambda: os.kill(os.getpid(), signal.SIGHUP)),
     "usr1": (checkpoint.Checkpointer, "save", lambda: os.kill(os.getpid(), signal.SIGUSR1)),
+    "final": (metrics, "summarize", lambda: os.kill(os.getpid(), signal.SIGTERM)),
 }
 config = small_config(sys.argv[2], num_steps=200, num_periods=4, steps_per_call=10,
                       checkpoint_every_steps=50)
@@ -131,7 +132,8 @@ for moment, (owner, name, action) in MOMENTS.items():
 def test_a_signal_at_any_moment_leaves_the_process_as_it_was(tmp_path, idx_dir):
     """Ctrl-C (and SIGHUP, SIGUSR1) while compiling, mid-chunk, while saving, while
     evaluating: the workdir is released (the next mj.train resumes it, in the same process),
-    and the signal handlers and every jax.config value are as before."""
+    and the signal handlers and every jax.config value are as before. A SIGTERM after the last
+    step lets the results be written first: the next mj.train finds the run finished."""
     import json
     import subprocess
     import sys
@@ -144,15 +146,19 @@ def test_a_signal_at_any_moment_leaves_the_process_as_it_was(tmp_path, idx_dir):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["moment"]: r for r in map(json.loads, proc.stdout.splitlines())}
-    assert set(rows) == {"compile", "chunk", "save", "eval", "hangup", "usr1"}
+    assert set(rows) == {"compile", "chunk", "save", "eval", "hangup", "usr1", "final"}
     assert rows["compile"]["stopped"].startswith("KeyboardInterrupt")
     for moment in ("chunk", "save", "eval"):
         assert rows[moment]["stopped"].startswith("Interrupted: stopped by SIGINT"), rows[moment]
     assert rows["hangup"]["stopped"].startswith("Interrupted: stopped by SIGHUP")
     assert rows["usr1"]["stopped"].startswith("Interrupted: stopped by SIGUSR1")
+    assert rows["final"]["stopped"] == (
+        "Interrupted: stopped by SIGTERM after the last step; results are written, plots skipped"
+    )
+    assert rows["final"]["resumed_from_step"] is None  # Finished by the stopped call.
     for r in rows.values():
         assert r["same_after_stop"] == [True, True], r
         assert r["same_after_resume"] == [True, True], r
         assert r["accuracy"] > 0.3
-        if r["moment"] != "compile":  # Stopped after a checkpoint: the rerun resumes from it.
+        if r["moment"] not in ("compile", "final"):  # Stopped after a checkpoint: resumed.
             assert r["resumed_from_step"], r

@@ -18,9 +18,9 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
-from mnist_jax import cli, config as config_lib, data, files
+from mnist_jax import cli, config as config_lib, data, files, sweep
 from mnist_jax.errors import UserError
 
 from conftest import REPO, main_args, one_error_line
@@ -92,6 +92,23 @@ def test_a_repeated_override_means_its_last_value(name, texts):
         assert isinstance(repeated, str)
     else:
         assert not isinstance(repeated, str) and repeated == last
+
+
+@given(name=FIELD_NAMES, text=st.one_of(HOSTILE_NUMBERS, st.text(max_size=12)))
+def test_a_value_means_the_same_in_a_config_flag_and_a_sweep(name, text):
+    """One value parser: `--sweep FIELD=TEXT` makes the config `--config.FIELD=TEXT` makes,
+    or both refuse it (a comma separates sweep values, and a sweep's value is stripped)."""
+    assume(name != "sweep" and text.strip() == text != "" and "," not in text)
+    assume(not text.startswith(("'", '"')))  # A quoted string is the sweep list's syntax.
+    flag = _outcome(f"--config.{name}={text}")
+    try:
+        (member,) = sweep.members(_outcome(), [f"{name}={text}"])
+        swept = member.config
+    except UserError as e:
+        swept = str(e)
+    assert isinstance(flag, str) == isinstance(swept, str), (flag, swept)
+    if not isinstance(flag, str):
+        assert config_lib.field_value(swept, name) == config_lib.field_value(flag, name)
 
 
 def _run(args, cwd=REPO):
