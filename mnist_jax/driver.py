@@ -48,8 +48,8 @@ from mnist_jax import (
     step as step_lib,
 )
 from mnist_jax.control import StopSignal, Timing, make_plan
-from mnist_jax.errors import Diverged, Interrupted, UserError
-from mnist_jax.rundir import SWEEP, RunDir
+from mnist_jax.errors import Diverged, Interrupted
+from mnist_jax.rundir import RunDir
 from mnist_jax.sharding import EvalSplit, Placement
 
 CHUNK_SECONDS = 1.0  # Target length of one jitted call: bounds the latency of a stop signal.
@@ -96,12 +96,7 @@ def run(
         # Data paths as absolute ones: config.json names the data whatever the reader's cwd.
         m.config = config_lib.with_absolute_data_paths(m.config)
         m.rundir.check_writable()
-        m.rundir.check_kind("run")
-        if not m.name and (m.rundir.path.parent / SWEEP).exists():
-            raise UserError(
-                f"{m.rundir.path} is a member of the sweep {m.rundir.path.parent}; rerun the "
-                "sweep's command to train it, or train a single run in another --workdir"
-            )
+        m.rundir.check_kind("member" if m.name else "run")  # A run: not in a sweep's dir.
     first = members[0].config
     t = time.time()
     train_full, test, source, location = data_lib.load_cached(first.data, data_cache)

@@ -56,6 +56,7 @@ CHECKPOINTS, CORRUPT, TENSORBOARD, SWEEP = (
 MAX_JSON_BYTES = 64 << 20  # The most a run's JSON file may hold (a long run's metrics: ~1 MB).
 HOLDER = ".holder"  # Who holds the lock (pid, host, since): for the refusal message.
 TABLES_LOCK = ".tables.lock"  # Taken in turn by a sweep's shards to write its tables.
+SWEEP_MARK = ".sweep"  # Written by a sweep before its first member: an interrupted sweep's mark.
 
 
 def _json_default(x: Any) -> Any:
@@ -191,25 +192,39 @@ class RunDir:
             outputs.check_dir(self.file(name), self.path)
 
     def check_kind(self, kind: str) -> None:
-        """A single run's directory is not a sweep's (finished or interrupted), nor the
-        reverse (their files would mix)."""
+        """A single run's directory is not a sweep's (finished or interrupted), nor a member's
+        of a sweep (`kind` "member" is the sweep's own check), nor a directory that holds runs;
+        a sweep's is not a run's (their files would mix)."""
         members = self.sweep_members()
-        if kind == "run" and members is not None:
+        if kind in ("run", "member") and members is not None:
             raise UserError(f"{self.path} holds a sweep ({_listed(members)}); train a single "
                             "run in another --workdir")  # fmt: skip
+        if kind == "run" and is_sweep_dir(self.path.parent):
+            raise UserError(
+                f"{self.path} is a member of the sweep {self.path.parent}; rerun the "
+                "sweep's command to train it, or train a single run in another --workdir"
+            )
+        runs = self.runs_held() if kind == "run" else []
+        if runs:
+            raise UserError(f"{self.path} holds runs in subdirectories ({_listed(runs, 'runs')})"
+                            "; train a single run in another --workdir")  # fmt: skip
         if kind == "sweep" and (self.path / CONFIG).exists():
             raise UserError(f"{self.path} holds a single run; sweep into another --workdir")
 
     def sweep_members(self) -> list[str] | None:
-        """The member directories of a sweep held here (an interrupted sweep has no
-        sweep.json yet, but members that hold a config.json), or None if it holds none."""
+        """The member directories of a sweep held here, or None if this is no sweep's
+        directory: a sweep writes `SWEEP_MARK` before its first member, so an interrupted
+        sweep is one too, and a plain directory of runs is not."""
+        return self.runs_held() if is_sweep_dir(self.path) else None
+
+    def runs_held(self) -> list[str]:
+        """The subdirectories that hold a run (a config.json)."""
         if not self.path.is_dir() or (self.path / CONFIG).exists():
-            return None
+            return []
         try:
-            members = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+            return sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be read: {e.strerror}") from None
-        return members if members or (self.path / SWEEP).exists() else None
 
     def describe(self) -> str:
         """What the directory holds, for a message: why there is nothing to read."""
@@ -218,6 +233,10 @@ class RunDir:
             first = self.path / members[0] if members else self.path / "MEMBER"
             return (f"{self.path} is a sweep directory ({_listed(members)}); "
                     f"pass one member's directory, e.g. --workdir={first}")  # fmt: skip
+        runs = self.runs_held()
+        if runs:
+            return (f"{self.path} is a directory of runs ({_listed(runs, 'runs')}), not a run: "
+                    f"pass one run's directory, e.g. --workdir={self.path / runs[0]}")  # fmt: skip
         if not (self.path / CONFIG).exists():
             return f"{self.path} holds no config.json: not a mnist-jax run directory"
         diverged = (self.results() or {}).get("diverged")
@@ -418,12 +437,17 @@ class RunDir:
             raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
-def _listed(names: list[str], most: int = 4) -> str:
+def _listed(names: list[str], what: str = "members", most: int = 4) -> str:
     if not names:
-        return "no members yet"
+        return f"no {what} yet"
     more = f" and {len(names) - most} more" if len(names) > most else ""
     shown = ", ".join(names[:most]) + more
-    return f"members {shown}"
+    return f"{what} {shown}"
+
+
+def is_sweep_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a sweep's directory, finished (sweep.json) or not (`SWEEP_MARK`)."""
+    return any(os.path.lexists(Path(path) / name) for name in (SWEEP, SWEEP_MARK))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -40,7 +40,7 @@ from absl import flags, logging
 
 from mnist_jax import cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import TABLES_LOCK, RunDir
+from mnist_jax.rundir import SWEEP_MARK, TABLES_LOCK, RunDir
 
 # Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
 VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
@@ -188,6 +188,8 @@ def run_sweep(
     logging.info("sweep: %d members%s in %d group(s)", len(mine), part, len(groups))
     sweep_dir.lock(shared=True)  # Shards of a sweep train at once; a single run is kept out.
     try:
+        if not sweep_dir.file(SWEEP_MARK).exists():  # A sweep's from its first write.
+            sweep_dir.write_text(SWEEP_MARK, " ".join(specs) + "\n")
         kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
         with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
             rows = _table(all_members, mine)
@@ -205,10 +207,11 @@ def run_sweep(
 
 def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
     """Every path the sweep will write, its members' included, before any is written."""
-    figures = (TABLES_LOCK, "sweep.json", "sweep.csv", "sweep.png", "first_layer_by_steps.png")
+    figures = (TABLES_LOCK, SWEEP_MARK, "sweep.json", "sweep.csv", "sweep.png",
+               "first_layer_by_steps.png")  # fmt: skip
     sweep_dir.check_outputs(files=figures, dirs=tuple(m.name for m in all_members))
     for m in all_members:
-        m.rundir.check_kind("run")
+        m.rundir.check_kind("member")
         m.rundir.check_outputs(m.config)
         if m.config.plots:
             plot.check_run_outputs(m.rundir.path)

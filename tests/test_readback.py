@@ -218,10 +218,23 @@ def test_the_commands_read_or_refuse_a_crafted_run_in_one_line(
 
 def test_a_sweep_directory_is_named_not_told_to_train_first(reference, tmp_path):
     sweep = tmp_path / "sweep"
-    shutil.copytree(reference, sweep / "seed=0")  # An interrupted sweep: no sweep.json yet.
+    shutil.copytree(reference, sweep / "seed=0")  # An interrupted sweep: no sweep.json yet,
+    (sweep / ".sweep").write_text("seed=0,1\n")  # but the mark it writes first.
     for read in (api.load_run, evaluate.restore_model, plot.plot_workdir):
         with pytest.raises(UserError, match=r"is a sweep directory \(members seed=0\)"):
             read(sweep)
+
+
+def test_a_plain_directory_of_runs_is_named_as_such_not_a_sweep(reference, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs / "a")
+    shutil.copytree(reference, runs / "b")
+    readers = (api.load_run, evaluate.restore_model, plot.plot_workdir, evaluate.evaluate_workdir,
+               lambda w: plot.compare([w], tmp_path / "cmp.png"))  # fmt: skip
+    for read in readers:
+        with pytest.raises(UserError, match=r"is a directory of runs \(runs a, b\), not a run"):
+            read(runs)
+    assert not (tmp_path / "cmp.png").exists()
 
 
 def test_a_diverged_run_without_checkpoints_says_it_diverged(reference, tmp_path):
