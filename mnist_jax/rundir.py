@@ -134,6 +134,7 @@ class RunDir:
         self.active = jax.process_index() == 0
         self._lock_fd: int | None = None
         self._claimed = False
+        self._created: list[Path] = []  # Directories `lock` made (deepest first).
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -311,11 +312,14 @@ class RunDir:
     def lock(self, shared: bool = False) -> None:
         """Creates the workdir and takes its exclusive lock; a second process is refused.
         `shared` (a sweep's own directory): other shared holders may hold it too (the shards
-        of one sweep), an exclusive one may not (a run, an eval), nor the reverse."""
+        of one sweep), an exclusive one may not (a run, an eval), nor the reverse. The
+        directories it creates go again at `unlock` if the command never went on (`claim`)."""
         if not self.active or self._lock_fd is not None:
             return
+        missing = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._created = missing
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be created: {e.strerror}") from None
@@ -349,9 +353,23 @@ class RunDir:
             return
         if self._claimed and (self.path / HOLDER).is_file():  # Only ours: a refused command
             (self.path / HOLDER).unlink()  # leaves a killed holder's stale file alone.
+        elif not self._claimed:  # Refused: a directory made for it goes again.
+            self._remove_created()
         self._claimed = False
         os.close(self._lock_fd)  # Closing the descriptor releases the flock.
         self._lock_fd = None
+
+    def _remove_created(self) -> None:
+        """Removes the directories `lock` made, if still empty and no other process holds
+        this one (a sweep's shards share it): a refused command leaves no trace."""
+        created, self._created = self._created, []
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
+        for path in created:
+            with contextlib.suppress(OSError):  # Not empty (or gone): it stays.
+                path.rmdir()
 
     @contextlib.contextmanager
     def serialized(self, name: str = TABLES_LOCK) -> Iterator[None]:

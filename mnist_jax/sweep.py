@@ -26,11 +26,14 @@ end writes the whole sweep, as does any later run of the same sweep.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import itertools
+import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +191,9 @@ def run_sweep(
     logging.info("sweep: %d members%s in %d group(s)", len(mine), part, len(groups))
     sweep_dir.lock(shared=True)  # Shards of a sweep train at once; a single run is kept out.
     try:
-        if not sweep_dir.file(SWEEP_MARK).exists():  # A sweep's from its first write.
-            sweep_dir.write_text(SWEEP_MARK, " ".join(specs) + "\n")
-        kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
+        with _marked(sweep_dir, specs):
+            kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint,
+                                    t0)  # fmt: skip
         with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
             rows = _table(all_members, mine)
             if rows:
@@ -203,6 +206,22 @@ def run_sweep(
         logging.info("sweep.csv: %d of %d members finished; the other shards train the rest",
                      len(rows), len(all_members))  # fmt: skip
     return rows
+
+
+@contextlib.contextmanager
+def _marked(sweep_dir: RunDir, specs: list[str]) -> Iterator[None]:
+    """Marks the directory as a sweep's (`SWEEP_MARK`) before any member is written, so an
+    interrupted sweep is known as one; a sweep refused before any member leaves no mark."""
+    mark = sweep_dir.file(SWEEP_MARK)
+    marked = not mark.exists()
+    if marked:
+        sweep_dir.write_text(SWEEP_MARK, " ".join(specs) + "\n")
+    try:
+        yield
+    except BaseException:
+        if marked and sweep_dir.active and os.listdir(sweep_dir.path) == [SWEEP_MARK]:
+            mark.unlink()
+        raise
 
 
 def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:

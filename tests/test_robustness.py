@@ -418,3 +418,39 @@ def test_every_user_string_in_an_error_line_stays_one_escaped_line(
         line = errors[0]
         assert not any(c in line for c in "\r\x1b\x7f\x00\u2028\x85"), repr(line)
         assert "x" in line and "y" in line, line  # The path is named, escaped.
+
+
+# ----------------------------------------------------------------------------- no trace
+
+
+@settings(max_examples=8, deadline=None)
+@given(command=st.sampled_from(["run", "sweep"]), depth=st.integers(0, 2))
+def test_a_refused_command_leaves_no_new_directory(tmp_path_factory, idx_dir, command, depth):
+    """A command refused after it took its workdir's lock (a profile longer than the run):
+    the directories it made, nested `depth` deep (0: the workdir existed, empty), and a
+    sweep's members and mark are gone; an existing directory stays as it was."""
+    from mnist_jax import sweep
+
+    base = tmp_path_factory.mktemp("refused")
+    workdir = base.joinpath(*[f"new{i}" for i in range(depth)], "w") if depth else base / "w"
+    if not depth:
+        workdir.mkdir()
+    config = small_config(idx_dir, "linear", num_steps=10, profile_steps=1000)
+    with pytest.raises(UserError, match="profile_steps=1000"):
+        if command == "run":
+            api.train(config, workdir, progress=False)
+        else:
+            sweep.run_sweep(config, workdir, ["seed=0,1"], progress=False)
+    if depth:
+        assert not (base / ("new0" if depth > 1 else "w")).exists()
+    else:
+        assert list(workdir.iterdir()) == []
+
+
+def test_a_run_refused_for_its_devices_leaves_no_new_directory(tmp_path, idx_dir):
+    """Batch 25 over 2 devices, through the command line."""
+    workdir = tmp_path / "new" / "w"
+    proc = _run(_args(idx_dir, workdir, "--config.batch_size=25", "--config.num_steps=10"),
+                env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu"))  # fmt: skip
+    assert "divisible" in _one_error_line(proc) or "devices" in _one_error_line(proc)
+    assert not (tmp_path / "new").exists()
