@@ -166,7 +166,9 @@ def _never_joined_watch(
     def watch() -> None:
         if joined.wait(timeout_s + 1.0):
             return
-        where = f"the coordinator at {address}" if address else "the job's coordinator"
+        from mnist_jax.cli import one_line  # The address is the user's: one line, escaped.
+
+        where = f"the coordinator at {one_line(address)}" if address else "the job's coordinator"
         me = f"process {process_id}" if process_id >= 0 else "this process"
         count = f"{num_processes} processes" if num_processes else "the job's processes"
         sys.stderr.write(

@@ -8,7 +8,7 @@ that it is not there.
 - A relative data path comes from a run written before paths were recorded absolute: it is
   read against the current directory only when run.json's fingerprint confirms it; without a
   fingerprint it is refused, naming the field (give the data's absolute path).
-Data fields given explicitly (`--config.data.dir=...`) score that data, unchecked.
+Data named explicitly (`--config.data.dir=...`, any of `WHERE_FIELDS`) is scored unchecked.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
 PATH_FIELDS = ("dir", "train_file", "test_file")
+WHERE_FIELDS = (*PATH_FIELDS, "source", "tfds_name")  # Given: other data, asked for by name.
 
 
 def check_own_data(rundir: RunDir, data_config: Any, saved: Any, given: dict[str, Any]) -> None:
@@ -33,7 +34,7 @@ def check_own_data(rundir: RunDir, data_config: Any, saved: Any, given: dict[str
             f"data.name={name}: {rundir.path} was trained on {own}, and its class i is {own}'s "
             f"class i; scoring {name} would relabel the classes. Train a run on {name} instead"
         )
-    if given:
+    if any(field in given for field in WHERE_FIELDS):
         return  # Other data, asked for by name.
     record = rundir.run_record()
     relative = [f for f in PATH_FIELDS if data_config.get(f) and not _absolute(data_config[f])]

@@ -334,10 +334,17 @@ def test_a_reader_scores_the_runs_own_data_or_says_it_is_not_there(
 
 def test_data_fields_given_score_that_data_but_never_another_data_set(reference, idx_dir, tmp_path):
     """--config.data.dir=OTHER scores other data (asked for); data.name=another set of the
-    same class count would relabel the classes: refused, naming both sets."""
+    same class count would relabel the classes: refused, naming both sets; a data field
+    that names no data (validation_size) is no leave to score other data."""
     _other_data(idx_dir, tmp_path / "other")
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
     evaluate.evaluate_workdir(workdir, {"dir": str(tmp_path / "other")})
     with pytest.raises(UserError, match=r"trained on mnist.*would relabel the classes"):
         evaluate.evaluate_workdir(workdir, {"name": "fashion_mnist", "dir": str(idx_dir)})
+    results = json.loads((workdir / "results.json").read_text())
+    (workdir / "results.json").write_text(
+        json.dumps({**results, "data_location": str(tmp_path / "other")})
+    )
+    with pytest.raises(UserError, match="is not the data"):  # A field that names no data.
+        evaluate.evaluate_workdir(workdir, {"validation_size": 100})
