@@ -19,6 +19,7 @@ import functools
 import os
 import signal
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -138,8 +139,23 @@ def _exit(code: int, now: bool = False) -> None:
 
 
 def one_line(message: object) -> str:
-    """A message as one line: a newline inside a value (a path, a flag) is shown escaped."""
-    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+    """A message as one line of plain text: a control character inside a value (a path, a
+    flag: newline, carriage return, NUL, escape) or a Unicode line separator is shown
+    escaped (`\\n`, `\\x00`, `\\x1b`, `\\u2028`), so it can neither break the line nor
+    drive the terminal."""
+    return "".join(_escaped(c) for c in str(message))
+
+
+def _escaped(c: str) -> str:
+    if c in _SHORT:
+        return _SHORT[c]
+    if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+        code = ord(c)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return c
+
+
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _one_line_unraisable(unraisable) -> None:
@@ -184,7 +200,7 @@ def parse_flags(argv: list[str], overrides: dict[str, Any] | None = None) -> lis
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
     except flags.Error as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(str(e).splitlines()[0])}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -224,18 +224,22 @@ def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
         raise
     except SyntaxError as e:
         raise UserError(f"cannot load config file {path}: {e.msg} (line {e.lineno})") from None
-    except Exception as e:
-        raise UserError(f"cannot load config file {path}: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # A file that exits, even with 0, is no config.
+        raise UserError(f"cannot load config file {path}: {_why(e)}") from None
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"config file {path} has no get_config() function")
     try:
         config = module.get_config(*([arg] if arg is not None else []))
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(
-            f"config file {path}: get_config() failed: {type(e).__name__}: {msg}"
-        ) from None
+    except (Exception, SystemExit) as e:
+        raise UserError(f"config file {path}: get_config() failed: {_why(e)}") from None
     return complete(config, f"config file {path}")
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}) (a config file must not exit)"
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}"
 
 
 def complete(config: Any, where: str = "the config") -> ml_collections.ConfigDict:

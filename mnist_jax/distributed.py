@@ -133,10 +133,14 @@ def initialize(
         kwargs = {}
     else:
         return
+    joined = threading.Event()
+    _never_joined_watch(joined, coordinator_address, num_processes, process_id, timeout_s)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
     except Exception as e:  # JAX raises RuntimeError/XlaRuntimeError on timeouts.
         raise UserError(f"jax.distributed.initialize failed: {str(e).splitlines()[0]}") from None
+    finally:
+        joined.set()
     if num_processes and jax.process_count() != num_processes:  # The coordinator's count won.
         raise UserError(
             f"--num_processes={num_processes}, but the coordinator at {coordinator_address} runs "
@@ -150,6 +154,33 @@ def initialize(
         jax.device_count(),
     )
     Watchdog(peer_timeout_s).start()
+
+
+def _never_joined_watch(
+    joined: threading.Event, address: str, num_processes: int, process_id: int, timeout_s: int
+) -> None:
+    """A thread that ends this process with one line, exit 1, when `joined` is not set within
+    `timeout_s` (+1 s): JAX itself aborts in C++ (SIGABRT, rc 134) at about twice the timeout
+    when a process never joins, with no word that says which."""
+
+    def watch() -> None:
+        if joined.wait(timeout_s + 1.0):
+            return
+        from mnist_jax.cli import one_line  # The address is the user's: one line, escaped.
+
+        where = f"the coordinator at {one_line(address)}" if address else "the job's coordinator"
+        me = f"process {process_id}" if process_id >= 0 else "this process"
+        count = f"{num_processes} processes" if num_processes else "the job's processes"
+        sys.stderr.write(
+            f"error: a peer never joined: {where} waits for {count} and not all joined "
+            f"within --initialization_timeout={timeout_s}s ({me} waited; a peer was never "
+            "started, or was given another --coordinator_address or --num_processes): start "
+            "every process with the same flags; nothing was written\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mnist_jax-join-watch", daemon=True).start()
 
 
 class Watchdog:

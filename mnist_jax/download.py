@@ -25,12 +25,15 @@ DOWNLOAD_TIMEOUT_S = 10.0
 
 def named_mnist_dir(data_dir: str = "", name: str = "mnist") -> tuple[str, str]:
     """(directory, how it was named) of the set the user named: config.data.dir, else (for
-    MNIST alone) $MNIST_JAX_DATA_DIR; ("", "") when neither is set. Named data is never
-    replaced. Fashion-MNIST and KMNIST share MNIST's file names, so the variable that names
-    MNIST never names them."""
+    MNIST alone) $MNIST_JAX_DATA_DIR (set but empty: a UserError); ("", "") when neither is
+    set. Named data is never replaced. Fashion-MNIST and KMNIST share MNIST's file names, so
+    the variable that names MNIST never names them."""
     if data_dir:
         return data_dir, "config.data.dir"
-    env = os.environ.get("MNIST_JAX_DATA_DIR", "") if name == "mnist" else ""
+    env = os.environ.get("MNIST_JAX_DATA_DIR") if name == "mnist" else None
+    if env is not None and not env.strip():  # Set names data: empty names none (an error).
+        raise UserError(f"$MNIST_JAX_DATA_DIR={env!r} is set but names no directory: set it to "
+                        "the directory holding the MNIST files, or unset it")  # fmt: skip
     return (env, "$MNIST_JAX_DATA_DIR") if env else ("", "")
 
 

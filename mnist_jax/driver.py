@@ -42,7 +42,7 @@ from mnist_jax import (
     step as step_lib,
 )
 from mnist_jax.control import StopSignal, Timing, make_plan
-from mnist_jax.errors import Interrupted, UserError
+from mnist_jax.errors import Interrupted
 from mnist_jax.group import (
     Group,
     Member,
@@ -52,7 +52,6 @@ from mnist_jax.group import (
     log_period,
     raise_diverged,
 )
-from mnist_jax.rundir import SWEEP
 from mnist_jax.sharding import Placement
 
 __all__ = ["CHUNK_SECONDS", "Member", "Outcome", "run"]
@@ -103,12 +102,7 @@ def _check_member(m: Member) -> None:
     config_lib.validate(m.config)
     m.config = config_lib.with_absolute_data_paths(m.config)
     m.rundir.check_writable()
-    m.rundir.check_kind("run")
-    if not m.name and (m.rundir.path.parent / SWEEP).exists():
-        raise UserError(
-            f"{m.rundir.path} is a member of the sweep {m.rundir.path.parent}; rerun the "
-            "sweep's command to train it, or train a single run in another --workdir"
-        )
+    m.rundir.check_kind("member" if m.name else "run")  # A run: not in a sweep's dir.
 
 
 def _set_up(members: list[Member], data_cache: dict | None, placement: Placement,

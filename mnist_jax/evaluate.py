@@ -23,6 +23,7 @@ from mnist_jax import (
     config as config_lib,
     data as data_lib,
     models,
+    rundata,
     scores,
     step as step_lib,
 )
@@ -146,7 +147,7 @@ def split_sums(model: Any, params: Any, split: data_lib.Split, batch: int) -> di
 
 def run_data_config(rundir: RunDir, overrides: dict[str, Any] | None = None):
     """The data a run trained on (`auto` pinned to what it used, from results.json), with
-    the data fields the user gave explicitly on top."""
+    the data fields the user gave explicitly on top; checked by `rundata.check_own_data`."""
     config = rundir.saved_config()
     if config is None:
         raise UserError(rundir.describe())
@@ -162,6 +163,7 @@ def run_data_config(rundir: RunDir, overrides: dict[str, Any] | None = None):
         with data_config.unlocked():
             for k, v in overrides.items():
                 data_config[k] = v
+    rundata.check_own_data(rundir, data_config, config.data, overrides or {})
     return data_config
 
 

@@ -69,14 +69,15 @@ def check_target(path: str | os.PathLike) -> Path:
 # Names a run or sweep directory owns (files, and directories a file there would block).
 RUN_NAMES = (
     rundir_lib.CONFIG, rundir_lib.RESULTS, rundir_lib.EVAL_RESULTS, rundir_lib.METRICS,
-    rundir_lib.RUN, rundir_lib.SWEEP, rundir_lib.HOLDER, rundir_lib.TABLES_LOCK,
+    rundir_lib.RUN, rundir_lib.SWEEP, rundir_lib.SWEEP_MARK, rundir_lib.HOLDER,
+    rundir_lib.TABLES_LOCK,
     rundir_lib.CHECKPOINTS, rundir_lib.CORRUPT, rundir_lib.TENSORBOARD, "plots", "profile",
     "report.md", "sweep.csv", "sweep.png", "first_layer_by_steps.png",
 )  # fmt: skip
 
 
 def _is_run_dir(directory: Path) -> bool:
-    return (directory / rundir_lib.CONFIG).is_file() or (directory / rundir_lib.SWEEP).is_file()
+    return (directory / rundir_lib.CONFIG).is_file() or rundir_lib.is_sweep_dir(directory)
 
 
 def check_not_a_runs_file(path: Path, earlier_export: bool) -> None:
@@ -108,10 +109,8 @@ def check_finished(rundir: RunDir) -> dict[str, Any]:
     """results.json of a finished run in `rundir`, else a UserError saying what it is."""
     if not rundir.path.is_dir():
         raise UserError(f"workdir {rundir.path} does not exist")
-    if (rundir.path / "sweep.json").exists():
-        raise UserError(f"{rundir.path} holds a sweep: export one of its members' workdirs")
-    if rundir.saved_config() is None:
-        raise UserError(f"{rundir.path} holds no config.json: not a mnist-jax run directory")
+    if rundir.saved_config() is None:  # A sweep's (finished or not), runs', or nothing.
+        raise UserError(rundir.describe())
     results = rundir.finished()
     if results is None:
         diverged = (rundir.results() or {}).get("diverged")

@@ -70,8 +70,9 @@ def confusion_figure(counts: np.ndarray, title: str = "", class_names=None) -> F
 
 
 def reliability_figure(calibration: dict[str, Any], ece: float | None, title: str = "") -> Figure:
-    """The reliability diagram: accuracy against mean confidence in each confidence bin (a
-    calibrated model lies on the diagonal), and below it how many examples fall in each bin."""
+    """The reliability diagram: a bar of each confidence bin's accuracy, a hatched gap from it
+    to the bin's mean confidence (a red tick), the diagonal where a calibrated model lies, and
+    below it how many examples fall in each bin."""
     bins = int(calibration["bins"])
     edges = np.linspace(0, 1, bins + 1)
     centers, width = (edges[:-1] + edges[1:]) / 2, 1 / bins
@@ -79,9 +80,13 @@ def reliability_figure(calibration: dict[str, Any], ece: float | None, title: st
     conf = np.array([np.nan if c is None else c for c in calibration["confidence"]], float)
     fig = Figure(figsize=(6, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
-    top.bar(centers, np.nan_to_num(acc), width, edgecolor="black", label="accuracy")
-    top.bar(centers, np.nan_to_num(conf - acc), width, bottom=np.nan_to_num(acc), color="red",
-            alpha=0.3, edgecolor="red", label="gap to mean confidence")  # fmt: skip
+    top.bar(centers, np.nan_to_num(acc), width, edgecolor="black", label="accuracy in bin")
+    # The gap: hatched, unfilled, between accuracy and mean confidence (above the bar when
+    # overconfident, inside it when underconfident), so the bar always shows the accuracy.
+    top.bar(centers, np.nan_to_num(np.abs(conf - acc)), width,
+            bottom=np.nan_to_num(np.fmin(acc, conf)), fill=False, hatch="//",
+            edgecolor="red", lw=0.8, label="gap: accuracy vs mean confidence")  # fmt: skip
+    top.plot(centers, conf, "r_", ms=14, mew=2, label="mean confidence in bin")
     top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy in bin")
     top.legend(loc="upper left", fontsize=8)

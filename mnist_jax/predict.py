@@ -70,7 +70,11 @@ def main(argv: list[str], overrides: dict) -> int:
         probs = evaluate.predict_probs(model, params, images)
         for i, p in enumerate(probs):
             label = "" if labels is None else f" (label {classes[labels[i]]})"
-            print(f"row {i + 1}: {classes[p.argmax()]}{label}  {format_probs(p, classes)}")
+            print(
+                cli.one_line(
+                    f"row {i + 1}: {classes[p.argmax()]}{label}  {format_probs(p, classes)}"
+                )
+            )
         if labels is not None:
             accuracy = 100 * np.mean(probs.argmax(1) == labels)
             print(f"accuracy {accuracy:.2f}% on {len(labels):,} labelled rows")
@@ -80,12 +84,12 @@ def main(argv: list[str], overrides: dict) -> int:
             images.append(image_to_mnist(path))
             names.append(path)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {cli.one_line(e)}", file=sys.stderr)
             failures += 1
     if images:
         probs = evaluate.predict_probs(model, params, np.stack(images))
         for name, p in zip(names, probs, strict=True):
-            print(f"{name}: {classes[p.argmax()]}  {format_probs(p, classes)}")
+            print(cli.one_line(f"{name}: {classes[p.argmax()]}  {format_probs(p, classes)}"))
     return 1 if failures else 0
 
 

@@ -41,6 +41,8 @@ from mnist_jax.runfiles import (  # Re-exported: rundir.CONFIG and friends are t
     read_jsonl as read_jsonl,
 )
 
+SWEEP_MARK = ".sweep"  # Written by a sweep before its first member: an interrupted sweep's mark.
+
 
 class WorkdirLock:
     """The flock on a workdir and its holder file (who holds it, for a refusal message)."""
@@ -49,13 +51,16 @@ class WorkdirLock:
         self.path, self.active = path, active
         self._fd: int | None = None
         self._claimed = False
+        self._created: list[Path] = []  # Directories `lock` made (deepest first).
 
     def acquire(self, shared: bool = False) -> None:
         """Creates the workdir and takes its lock (see `RunDir.lock`)."""
         if not self.active or self._fd is not None:
             return
+        missing = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._created = missing
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be created: {e.strerror}") from None
@@ -89,9 +94,23 @@ class WorkdirLock:
             return
         if self._claimed and (self.path / HOLDER).is_file():  # Only ours: a refused command
             (self.path / HOLDER).unlink()  # leaves a killed holder's stale file alone.
+        elif not self._claimed:  # Refused: a directory made for it goes again.
+            self._remove_created()
         self._claimed = False
         os.close(self._fd)  # Closing the descriptor releases the flock.
         self._fd = None
+
+    def _remove_created(self) -> None:
+        """Removes the directories `acquire` made, if still empty and no other process holds
+        this one (a sweep's shards share it): a refused command leaves no trace."""
+        created, self._created = self._created, []
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
+        for path in created:
+            with contextlib.suppress(OSError):  # Not empty (or gone): it stays.
+                path.rmdir()
 
 
 @contextlib.contextmanager
@@ -159,12 +178,22 @@ class RunDir(RunFiles):
             outputs.check_dir(self.file(name), self.path)
 
     def check_kind(self, kind: str) -> None:
-        """A single run's directory is not a sweep's (finished or interrupted), nor the
-        reverse (their files would mix)."""
+        """A single run's directory is not a sweep's (finished or interrupted), nor a member's
+        of a sweep (`kind` "member" is the sweep's own check), nor a directory that holds runs;
+        a sweep's is not a run's (their files would mix)."""
         members = self.sweep_members()
-        if kind == "run" and members is not None:
+        if kind in ("run", "member") and members is not None:
             raise UserError(f"{self.path} holds a sweep ({_listed(members)}); train a single "
                             "run in another --workdir")  # fmt: skip
+        if kind == "run" and is_sweep_dir(self.path.parent):
+            raise UserError(
+                f"{self.path} is a member of the sweep {self.path.parent}; rerun the "
+                "sweep's command to train it, or train a single run in another --workdir"
+            )
+        runs = self.runs_held() if kind == "run" else []
+        if runs:
+            raise UserError(f"{self.path} holds runs in subdirectories ({_listed(runs, 'runs')})"
+                            "; train a single run in another --workdir")  # fmt: skip
         if kind == "sweep" and (self.path / CONFIG).exists():
             raise UserError(f"{self.path} holds a single run; sweep into another --workdir")
 
@@ -184,15 +213,19 @@ class RunDir(RunFiles):
         return changed
 
     def sweep_members(self) -> list[str] | None:
-        """The member directories of a sweep held here (an interrupted sweep has no
-        sweep.json yet, but members that hold a config.json), or None if it holds none."""
+        """The member directories of a sweep held here, or None if this is no sweep's
+        directory: a sweep writes `SWEEP_MARK` before its first member, so an interrupted
+        sweep is one too, and a plain directory of runs is not."""
+        return self.runs_held() if is_sweep_dir(self.path) else None
+
+    def runs_held(self) -> list[str]:
+        """The subdirectories that hold a run (a config.json)."""
         if not self.path.is_dir() or (self.path / CONFIG).exists():
-            return None
+            return []
         try:
-            members = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+            return sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
         except OSError as e:
             raise UserError(f"workdir {self.path} cannot be read: {e.strerror}") from None
-        return members if members or (self.path / SWEEP).exists() else None
 
     def describe(self) -> str:
         """What the directory holds, for a message: why there is nothing to read."""
@@ -201,6 +234,10 @@ class RunDir(RunFiles):
             first = self.path / members[0] if members else self.path / "MEMBER"
             return (f"{self.path} is a sweep directory ({_listed(members)}); "
                     f"pass one member's directory, e.g. --workdir={first}")  # fmt: skip
+        runs = self.runs_held()
+        if runs:
+            return (f"{self.path} is a directory of runs ({_listed(runs, 'runs')}), not a run: "
+                    f"pass one run's directory, e.g. --workdir={self.path / runs[0]}")  # fmt: skip
         if not (self.path / CONFIG).exists():
             return f"{self.path} holds no config.json: not a mnist-jax run directory"
         diverged = (self.results() or {}).get("diverged")
@@ -214,7 +251,8 @@ class RunDir(RunFiles):
     def lock(self, shared: bool = False) -> None:
         """Creates the workdir and takes its exclusive lock; a second process is refused.
         `shared` (a sweep's own directory): other shared holders may hold it too (the shards
-        of one sweep), an exclusive one may not (a run, an eval), nor the reverse."""
+        of one sweep), an exclusive one may not (a run, an eval), nor the reverse. The
+        directories it creates go again at `unlock` if the command never went on (`claim`)."""
         self._lock.acquire(shared)
 
     def holder(self) -> str:
@@ -240,9 +278,14 @@ class RunDir(RunFiles):
         self.unlock()
 
 
-def _listed(names: list[str], most: int = 4) -> str:
+def _listed(names: list[str], what: str = "members", most: int = 4) -> str:
     if not names:
-        return "no members yet"
+        return f"no {what} yet"
     more = f" and {len(names) - most} more" if len(names) > most else ""
     shown = ", ".join(names[:most]) + more
-    return f"members {shown}"
+    return f"{what} {shown}"
+
+
+def is_sweep_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a sweep's directory, finished (sweep.json) or not (`SWEEP_MARK`)."""
+    return any(os.path.lexists(Path(path) / name) for name in (SWEEP, SWEEP_MARK))

@@ -26,11 +26,14 @@ end writes the whole sweep, as does any later run of the same sweep.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import itertools
+import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from absl import flags, logging
 
 from mnist_jax import api, cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import SWEEP, TABLES_LOCK, RunDir
+from mnist_jax.rundir import SWEEP, SWEEP_MARK, TABLES_LOCK, RunDir
 
 # Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
 VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
@@ -172,7 +175,9 @@ def run_sweep(
     logging.info("sweep: %d members%s in %d group(s)", len(mine), part, len(groups))
     sweep_dir.lock(shared=True)  # Shards of a sweep train at once; a single run is kept out.
     try:
-        kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint, t0)
+        with _marked(sweep_dir, specs):
+            kernels = _train_groups(groups, max_parallel, vectorize, progress, fallback_checkpoint,
+                                    t0)  # fmt: skip
         with sweep_dir.serialized():  # In turn: the last shard to finish sees every member.
             rows = _table(all_members, mine)
             if rows:
@@ -187,12 +192,28 @@ def run_sweep(
     return rows
 
 
+@contextlib.contextmanager
+def _marked(sweep_dir: RunDir, specs: list[str]) -> Iterator[None]:
+    """Marks the directory as a sweep's (`SWEEP_MARK`) before any member is written, so an
+    interrupted sweep is known as one; a sweep refused before any member leaves no mark."""
+    mark = sweep_dir.file(SWEEP_MARK)
+    marked = not mark.exists()
+    if marked:
+        sweep_dir.write_text(SWEEP_MARK, " ".join(specs) + "\n")
+    try:
+        yield
+    except BaseException:
+        if marked and sweep_dir.active and os.listdir(sweep_dir.path) == [SWEEP_MARK]:
+            mark.unlink()
+        raise
+
+
 def _check_outputs(sweep_dir: RunDir, all_members: list[driver.Member]) -> None:
     """Every path the sweep will write, its members' included, before any is written."""
-    figures = (TABLES_LOCK, SWEEP, "sweep.csv", "sweep.png", "first_layer_by_steps.png")
+    figures = (TABLES_LOCK, SWEEP_MARK, SWEEP, "sweep.csv", "sweep.png", "first_layer_by_steps.png")
     sweep_dir.check_outputs(files=figures, dirs=tuple(m.name for m in all_members))
     for m in all_members:
-        m.rundir.check_kind("run")
+        m.rundir.check_kind("member")
         m.rundir.check_outputs(m.config)
         if m.config.plots:
             plot.check_run_outputs(m.rundir.path)

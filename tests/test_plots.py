@@ -12,10 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mnist_jax import data, evaluate, metrics, outputs, plot
+from mnist_jax import data, evaluate, figures as figures_lib, metrics, outputs, plot
 from mnist_jax.errors import UserError
 
 from conftest import REPO, small_config, train_results
@@ -350,3 +351,49 @@ def test_class_names_label_the_figures_of_any_class_count(name):
     title = figs["samples"].axes[0].texts[0].get_text()
     assert re.fullmatch(r"true (.+) / pred (.+) \([0-9.]+\)", title).group(1) in names
     plot.close(figs)
+
+
+def _bars(ax, label):
+    """(heights, bottoms) of the bar series drawn under `label`."""
+    container = next(c for c in ax.containers if c.get_label() == label)
+    return (np.array([r.get_height() for r in container]),
+            np.array([r.get_y() for r in container]))  # fmt: skip
+
+
+def _bins(calibration, key):
+    return np.array([np.nan if v is None else v for v in calibration[key]], float)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_reliability_bars_are_each_bins_accuracy_and_the_gap_reaches_its_confidence(
+    in_memory, draw
+):
+    """The run's own calibration bins, and any others (over- and underconfident bins, empty
+    ones): each blue bar is the bin's accuracy from 0, the gap patch spans accuracy to mean
+    confidence, and the legend says so."""
+    calibration = in_memory["results"]["calibration"]
+    if draw.draw(st.booleans()):
+        bins = draw.draw(st.integers(1, 20))
+        pairs = st.one_of(st.none(), st.tuples(st.floats(0, 1), st.floats(0, 1)))
+        cells = draw.draw(st.lists(pairs, min_size=bins, max_size=bins))
+        calibration = {
+            "bins": bins,
+            "count": [0 if c is None else 5 for c in cells],
+            "accuracy": [None if c is None else c[0] for c in cells],
+            "confidence": [None if c is None else c[1] for c in cells],
+        }
+    fig = plot.reliability_figure(calibration, 0.1)
+    ax = fig.axes[0]
+    acc, conf = _bins(calibration, "accuracy"), _bins(calibration, "confidence")
+    heights, bottoms = _bars(ax, "accuracy in bin")
+    np.testing.assert_allclose(heights, np.nan_to_num(acc))
+    np.testing.assert_allclose(bottoms, 0)
+    gap, gap_bottoms = _bars(ax, "gap: accuracy vs mean confidence")
+    np.testing.assert_allclose(gap_bottoms, np.nan_to_num(np.fmin(acc, conf)))
+    np.testing.assert_allclose(gap_bottoms + gap, np.nan_to_num(np.fmax(acc, conf)))
+    ticks = next(line for line in ax.lines if line.get_label() == "mean confidence in bin")
+    np.testing.assert_allclose(np.asarray(ticks.get_ydata(), float), conf)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "accuracy in bin" in labels and "mean confidence in bin" in labels
+    figures_lib.close(fig)

@@ -218,10 +218,23 @@ def test_the_commands_read_or_refuse_a_crafted_run_in_one_line(
 
 def test_a_sweep_directory_is_named_not_told_to_train_first(reference, tmp_path):
     sweep = tmp_path / "sweep"
-    shutil.copytree(reference, sweep / "seed=0")  # An interrupted sweep: no sweep.json yet.
+    shutil.copytree(reference, sweep / "seed=0")  # An interrupted sweep: no sweep.json yet,
+    (sweep / ".sweep").write_text("seed=0,1\n")  # but the mark it writes first.
     for read in (api.load_run, evaluate.restore_model, plot.plot_workdir):
         with pytest.raises(UserError, match=r"is a sweep directory \(members seed=0\)"):
             read(sweep)
+
+
+def test_a_plain_directory_of_runs_is_named_as_such_not_a_sweep(reference, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(reference, runs / "a")
+    shutil.copytree(reference, runs / "b")
+    readers = (api.load_run, evaluate.restore_model, plot.plot_workdir, evaluate.evaluate_workdir,
+               lambda w: plot.compare([w], tmp_path / "cmp.png"))  # fmt: skip
+    for read in readers:
+        with pytest.raises(UserError, match=r"is a directory of runs \(runs a, b\), not a run"):
+            read(runs)
+    assert not (tmp_path / "cmp.png").exists()
 
 
 def test_a_diverged_run_without_checkpoints_says_it_diverged(reference, tmp_path):
@@ -245,3 +258,93 @@ def test_summary_of_an_unfinished_run_says_so(reference, tmp_path):
     assert "None" not in run.summary()
     with pytest.raises(UserError, match="not finished"):
         run.test_accuracy  # noqa: B018
+
+
+# ----------------------------------------------------------------- the run's own data, or none
+
+
+def _other_data(idx_dir, target):
+    """The same files with one test label changed: other data of the same sizes."""
+    shutil.copytree(idx_dir, target)
+    test = data.load_idx(idx_dir)[1]
+    labels = test.labels.copy()
+    labels[0] = (labels[0] + 1) % 10
+    data.write_idx(target / "t10k-labels-idx1-ubyte.gz", labels)
+
+
+@settings(max_examples=12)
+@given(
+    relative=st.booleans(),
+    record=st.booleans(),
+    found=st.sampled_from(["own", "other", "missing"]),
+    reader=st.sampled_from(["eval", "Run.test_split"]),
+)
+def test_a_reader_scores_the_runs_own_data_or_says_it_is_not_there(
+    reference, idx_dir, tmp_path_factory, relative, record, found, reader
+):
+    """A run's data.dir, absolute or relative (a run from before paths were recorded
+    absolute), with or without run.json's fingerprint, finds its own data, other data of the
+    same sizes, or nothing: the run's own data is scored; anything else that can be told
+    apart is refused in one UserError (a relative path is trusted only when the fingerprint
+    confirms it), and nothing in the run directory changes."""
+    import contextlib
+
+    base = tmp_path_factory.mktemp("owndata")
+    if found == "own":
+        shutil.copytree(idx_dir, base / "data")
+    elif found == "other":
+        _other_data(idx_dir, base / "data")
+    workdir = base / "run"
+    shutil.copytree(reference, workdir)
+    where = "data" if relative else str(base / "data")
+    for name, key in (("config.json", ("data", "dir")), ("results.json", ("data_location",))):
+        obj = json.loads((workdir / name).read_text())
+        target = obj
+        for k in key[:-1]:
+            target = target[k]
+        target[key[-1]] = where
+        (workdir / name).write_text(json.dumps(obj))
+    if not record:
+        (workdir / "run.json").unlink()
+    before = snapshot(workdir)
+    checked = found == "own" and (record or not relative)
+    unknowable = found == "other" and not record and not relative  # Nothing to check with.
+    with contextlib.chdir(base):
+        if checked or unknowable:
+            if reader == "eval":
+                evaluate.evaluate_workdir(workdir)
+            else:
+                api.load_run(workdir).test_split()
+            return
+        with pytest.raises(UserError) as e:
+            if reader == "eval":
+                evaluate.evaluate_workdir(workdir)
+            else:
+                api.load_run(workdir).test_split()
+    message = str(e.value)
+    assert "\n" not in message
+    if found == "other" and record:
+        assert "is not the data" in message and "run.json" in message
+    elif relative and not record:
+        assert "relative" in message and "data.dir" in message
+    else:
+        assert "does not exist" in message and (not relative or "relative" in message)
+    assert snapshot(workdir) == before
+
+
+def test_data_fields_given_score_that_data_but_never_another_data_set(reference, idx_dir, tmp_path):
+    """--config.data.dir=OTHER scores other data (asked for); data.name=another set of the
+    same class count would relabel the classes: refused, naming both sets; a data field
+    that names no data (validation_size) is no leave to score other data."""
+    _other_data(idx_dir, tmp_path / "other")
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    evaluate.evaluate_workdir(workdir, {"dir": str(tmp_path / "other")})
+    with pytest.raises(UserError, match=r"trained on mnist.*would relabel the classes"):
+        evaluate.evaluate_workdir(workdir, {"name": "fashion_mnist", "dir": str(idx_dir)})
+    results = json.loads((workdir / "results.json").read_text())
+    (workdir / "results.json").write_text(
+        json.dumps({**results, "data_location": str(tmp_path / "other")})
+    )
+    with pytest.raises(UserError, match="is not the data"):  # A field that names no data.
+        evaluate.evaluate_workdir(workdir, {"validation_size": 100})

@@ -4,6 +4,7 @@ test_data.py, test_cli.py and test_reproducibility.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mnist_jax import api, data, metrics
 from mnist_jax.errors import UserError
@@ -340,3 +342,109 @@ def test_show_config_into_a_closed_pipe_ends_quietly():
                           timeout=120)  # fmt: skip
     os.close(write)
     assert proc.returncode == 1 and proc.stderr == "", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_mnist_jax_data_dir_is_an_error_not_unset(tmp_path, value):
+    """A set variable names data; set to nothing it names none: an error naming it."""
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "mnist_jax.main", "--config=dnn", f"--workdir={workdir}"]
+    line = _one_error_line(_run(args, timeout=120, env=dict(os.environ, MNIST_JAX_DATA_DIR=value)))
+    assert "$MNIST_JAX_DATA_DIR" in line and "names no directory" in line, line
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "import sys\nsys.exit(0)\n",
+        "import sys\nsys.exit()\n",
+        "from mnist_jax.config import get_config as base\nimport sys\n"
+        "def get_config():\n    sys.exit(0)\n",
+        "from mnist_jax.config import get_config as base\n"
+        "def get_config():\n    raise SystemExit(3)\n",
+    ],
+)
+def test_a_config_file_that_exits_is_one_error_line(tmp_path, body):
+    """A config file that exits (even with status 0) at import or in get_config() is no
+    config: one line naming the file, exit 1, nothing written."""
+    config = tmp_path / "exits.py"
+    config.write_text(body)
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "mnist_jax.main", f"--config={config}", f"--workdir={workdir}"]
+    line = _one_error_line(_run(args, timeout=120))
+    assert str(config) in line and "sys.exit(" in line, line
+    assert not workdir.exists()
+
+
+# Control characters, a Unicode line separator, and text: what a path or value may hold.
+_ODD_TEXT = st.text(st.sampled_from(["\n", "\r", "\x1b", "\x7f", "\u2028", "\x85", "a", "é", " "]),
+                    min_size=1, max_size=6)  # fmt: skip
+
+
+@settings(max_examples=4, deadline=None)
+@given(text=_ODD_TEXT, nul=st.booleans())
+def test_every_user_string_in_an_error_line_stays_one_escaped_line(
+    tmp_path_factory, finished, text, nul
+):
+    """A path or value with newlines, carriage returns, escapes or NUL reaches the error line
+    escaped: one line, no raw control character. Through the real commands: a missing data
+    directory (main), a missing image (predict), and a crafted config.json value (eval; NUL
+    cannot be passed in argv)."""
+    base = tmp_path_factory.mktemp("odd")
+    odd = str(base / f"x{text}y")
+    crafted = base / "crafted"
+    shutil.copytree(finished, crafted)
+    saved = json.loads((crafted / "config.json").read_text())
+    saved["data"]["dir"] = odd + ("\x00" if nul else "")
+    (crafted / "config.json").write_text(json.dumps(saved))
+    (crafted / "results.json").unlink()  # So that data.dir is read from config.json.
+    commands = [
+        ["mnist_jax.main", "--config=dnn", f"--workdir={base / 'run'}", f"--config.data.dir={odd}"],
+        ["mnist_jax.predict", f"--workdir={finished}", odd + ".png"],
+        ["mnist_jax.main", "--mode=eval", f"--workdir={crafted}"],
+    ]
+    for command in commands:
+        proc = _run([sys.executable, "-m", *command], timeout=120)
+        errors = [ln for ln in proc.stderr.split("\n") if ln.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        line = errors[0]
+        assert not any(c in line for c in "\r\x1b\x7f\x00\u2028\x85"), repr(line)
+        assert "x" in line and "y" in line, line  # The path is named, escaped.
+
+
+# ----------------------------------------------------------------------------- no trace
+
+
+@settings(max_examples=8, deadline=None)
+@given(command=st.sampled_from(["run", "sweep"]), depth=st.integers(0, 2))
+def test_a_refused_command_leaves_no_new_directory(tmp_path_factory, idx_dir, command, depth):
+    """A command refused after it took its workdir's lock (a profile longer than the run):
+    the directories it made, nested `depth` deep (0: the workdir existed, empty), and a
+    sweep's members and mark are gone; an existing directory stays as it was."""
+    from mnist_jax import sweep
+
+    base = tmp_path_factory.mktemp("refused")
+    workdir = base.joinpath(*[f"new{i}" for i in range(depth)], "w") if depth else base / "w"
+    if not depth:
+        workdir.mkdir()
+    config = small_config(idx_dir, "linear", num_steps=10, profile_steps=1000)
+    with pytest.raises(UserError, match="profile_steps=1000"):
+        if command == "run":
+            api.train(config, workdir, progress=False)
+        else:
+            sweep.run_sweep(config, workdir, ["seed=0,1"], progress=False)
+    if depth:
+        assert not (base / ("new0" if depth > 1 else "w")).exists()
+    else:
+        assert list(workdir.iterdir()) == []
+
+
+def test_a_run_refused_for_its_devices_leaves_no_new_directory(tmp_path, idx_dir):
+    """Batch 25 over 2 devices, through the command line."""
+    workdir = tmp_path / "new" / "w"
+    proc = _run(_args(idx_dir, workdir, "--config.batch_size=25", "--config.num_steps=10"),
+                env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu"))  # fmt: skip
+    assert "divisible" in _one_error_line(proc) or "devices" in _one_error_line(proc)
+    assert not (tmp_path / "new").exists()

@@ -247,3 +247,27 @@ def test_a_killed_peer_is_named_and_the_checkpoints_stay_intact(tmp_path, idx_di
     assert time.time() - started < 30  # Not JAX's 100 s heartbeat timeout, nor an abort.
     assert "Fatal Python error" not in errs[0]
     assert latest_checkpoint(workdir) >= 40
+
+
+@pytest.mark.parametrize(("started", "num_processes"), [((0,), 2), ((0, 2), 3), ((1,), 2)])
+def test_a_peer_that_never_joins_is_one_line_within_the_timeout(
+    tmp_path, idx_dir, started, num_processes
+):
+    """Any subset of the processes started (process 0 alone, a middle one missing, process 0
+    itself missing): each one started says so in one line, exit 1, before JAX's C++ abort
+    (which came at about twice the timeout), and writes nothing."""
+    port, timeout = _free_port(), 4
+    procs, began = [], time.time()
+    for i in started:
+        args = _args(idx_dir, tmp_path / "w", f"--coordinator_address=127.0.0.1:{port}",
+                     f"--num_processes={num_processes}", f"--process_id={i}",
+                     f"--initialization_timeout={timeout}")  # fmt: skip
+        with open(tmp_path / f"{i}.log", "w") as log:
+            procs.append(subprocess.Popen(args, cwd=REPO, env=_env(1), stdout=log, stderr=log))
+    for i, p in zip(started, procs, strict=True):
+        p.wait(timeout=120)
+        line = one_error_line(p.returncode, (tmp_path / f"{i}.log").read_text())
+        assert "no JAX coordinator" in line if 0 not in started else "never joined" in line
+        assert f"127.0.0.1:{port}" in line
+    assert time.time() - began < 2 * timeout + 30  # Start-up (imports) on a loaded machine.
+    assert not (tmp_path / "w").exists()

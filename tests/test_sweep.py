@@ -14,10 +14,21 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mnist_jax import metrics, sweep
+from mnist_jax import evaluate, metrics, sweep
 from mnist_jax.errors import UserError
 
-from conftest import REPO, metric_rows, params_of, same_params, small_config, train_results
+from conftest import (
+    REPO,
+    main_args,
+    metric_rows,
+    one_error_line,
+    params_of,
+    same_params,
+    small_config,
+    snapshot,
+    sweep_args,
+    train_results,
+)
 
 
 def test_members_equal_single_runs_to_the_bit(tmp_path, idx_dir):
@@ -199,3 +210,50 @@ def test_an_empty_value_anywhere_is_refused(idx_dir, values, at):
     spec = f"optimizer.weight_decay={','.join(items)}"
     with pytest.raises(UserError, match=r"an empty value \(a stray comma\?\)"):
         sweep.members(small_config(idx_dir, "linear"), [spec])
+
+
+# ------------------------------------------------------- a sweep's directory, from its first write
+
+
+def _sweep_in_state(tmp_path, idx_dir, state):
+    """A sweep directory over seed=0,1: killed (SIGKILL) as soon as it is marked, killed once
+    a member holds its config.json (no sweep.json yet), or finished."""
+    workdir = tmp_path / "sweep"
+    if state == "finished":
+        sweep.run_sweep(small_config(idx_dir, "linear"), workdir, ["seed=0,1"], progress=False)
+        return workdir
+    args = [*sweep_args(idx_dir, workdir, "--config.num_steps=3000", "--sweep=seed=0,1")]
+    proc = subprocess.Popen(args, cwd=REPO, stderr=subprocess.DEVNULL)
+    ready = {"marked": workdir / ".sweep", "member started": workdir / "seed=0" / "config.json"}
+    deadline = time.time() + 120
+    while not ready[state].exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    assert ready[state].exists() and not (workdir / "sweep.json").exists()
+    return workdir
+
+
+@pytest.mark.parametrize("state", ["marked", "member started", "finished"])
+def test_every_command_treats_an_interrupted_sweep_like_a_finished_one(tmp_path, idx_dir, state):
+    """From the sweep's first write on: a single run into the sweep's directory or a member's
+    is refused (the API and the real command line), and eval, plot, predict/load_run and
+    export of the sweep's directory name it as a sweep; nothing there changes."""
+    from mnist_jax import api, export, plot
+
+    workdir = _sweep_in_state(tmp_path, idx_dir, state)
+    before = snapshot(workdir)
+    single = small_config(idx_dir, "linear")
+    with pytest.raises(UserError, match="holds a sweep"):
+        api.train(single, workdir, progress=False)
+    with pytest.raises(UserError, match=f"is a member of the sweep {workdir}"):
+        api.train(single, workdir / "seed=0", progress=False)
+    readers = (evaluate.evaluate_workdir, plot.plot_workdir, evaluate.restore_model,
+               api.load_run, lambda w: export.export_run(w, tmp_path / "model.jax"))  # fmt: skip
+    for read in readers:
+        with pytest.raises(UserError, match=f"{workdir} is a sweep directory"):
+            read(workdir)
+    proc = subprocess.run([*main_args(idx_dir, workdir / "seed=1")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "is a member of the sweep" in one_error_line(proc.returncode, proc.stderr)
+    assert snapshot(workdir) == before

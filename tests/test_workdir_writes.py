@@ -110,6 +110,7 @@ def test_a_single_run_is_refused_in_an_interrupted_sweep(tmp_path, config):
     workdir = tmp_path / "sweep"
     (workdir / "seed=0").mkdir(parents=True)  # A member that started; no sweep.json yet.
     (workdir / "seed=0" / "config.json").write_text("{}")
+    (workdir / ".sweep").write_text("seed=0,1\n")  # The mark a sweep writes first.
     before = snapshot(workdir)
     with pytest.raises(UserError, match=r"holds a sweep \(members seed=0\)"):
         api.train(config, workdir, progress=False)
