@@ -67,13 +67,15 @@ class Member:
 
 @dataclasses.dataclass
 class Outcome:
-    """What `run` returns per member: results (as in results.json) and the final params."""
+    """What `run` returns per member: results (as in results.json), the final params and
+    model state."""
 
     member: Member
     results: dict[str, Any]
     params: Any = None
     dataset: data_lib.Dataset | None = None
     model: Any = None
+    model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run(
@@ -86,9 +88,11 @@ def run(
     data_cache: dict | None = None,
     t0: float | None = None,
     placement: Placement | None = None,
+    model: Any = None,
 ) -> list[Outcome]:
     """Trains `members` (configs that differ only in `sweep.VMAPPED` fields) as one program;
-    each resumes from its own latest checkpoint. Returns one Outcome per member."""
+    each resumes from its own latest checkpoint. Returns one Outcome per member. `model`: a
+    Linen module to train instead of the one config.model names."""
     timing = Timing(time.time() if t0 is None else t0)
     timing.startup_s = time.time() - timing.t0
     for m in members:
@@ -120,7 +124,8 @@ def run(
     plan = make_plan(first, num_train, max_epochs=cap)
     # What the steps are computed over; a resume must match it (resume.check_same_steps).
     record = {"num_steps": plan.num_steps, "data": data_lib.fingerprint(train_full, test, source)}
-    model = models.create_model(first.model, datasets[first.seed].num_classes)
+    if model is None:
+        model = models.create_model(first.model, datasets[first.seed].num_classes)
     txs = [optim.make_optimizer(m.config.optimizer, plan.num_steps) for m in members]
     placement = placement or Placement()
     placement.check_batch(first.batch_size, num_train)
@@ -227,13 +232,13 @@ class _Group:
     def member_state(self, k: int) -> step_lib.TrainState:
         return self.p.member(self.state, k)
 
-    def eval_split(self, params: Any, split: EvalSplit) -> dict[str, Any]:
+    def eval_split(self, variables: Any, split: EvalSplit) -> dict[str, Any]:
         """The evaluation sums (numpy) of one split, {} for an empty one; `scores` makes them
         metrics."""
         if split.size == 0:
             return {}
         t = time.time()
-        sums = jax.device_get(self.evaluate(params, split.images, split.labels, split.size))
+        sums = jax.device_get(self.evaluate(variables, split.images, split.labels, split.size))
         self.timing.eval_s += time.time() - t
         return sums
 
@@ -384,7 +389,7 @@ class _Group:
                 ("train", splits["train_subset"]),
                 ("validation", splits["validation"]),
             ):
-                sums = self.eval_split(state.params, split)
+                sums = self.eval_split(step_lib.variables_of(state), split)
                 if not sums:
                     continue
                 s = scores.scalars(sums)
@@ -409,13 +414,11 @@ class _Group:
                 out.append(Outcome(m, {"diverged": metrics.diverged_record(self.diverged[k])}))
                 continue
             state, ds = self.member_state(k), self.datasets[m.config.seed]
-            eb = m.config.eval_batch_size
+            eb, v = m.config.eval_batch_size, step_lib.variables_of(state)
             final = {
-                "train": self.eval_split(state.params, self.p.put_eval(ds.train, eb)),
-                "validation": self.eval_split(
-                    state.params, self.splits[m.config.seed]["validation"]
-                ),
-                "test": self.eval_split(state.params, self.test),
+                "train": self.eval_split(v, self.p.put_eval(ds.train, eb)),
+                "validation": self.eval_split(v, self.splits[m.config.seed]["validation"]),
+                "test": self.eval_split(v, self.test),
             }
             self.timing.wall_s = time.time() - self.timing.t0
             results = metrics.summarize(
@@ -425,5 +428,5 @@ class _Group:
             results["resumed_from_step"] = self.start or None
             m.rundir.write_json("results.json", results)
             self.writers[k].final(m.config, results)
-            out.append(Outcome(m, results, state.params, ds, self.model))
+            out.append(Outcome(m, results, state.params, ds, self.model, state.model_state))
         return out
