@@ -248,10 +248,11 @@ def _diverged(outcome: driver.Outcome) -> Run:
     return Run(m.rundir.path, m.config, None, None, outcome.results, m.rundir.metrics())
 
 
-def load_run(workdir: str | os.PathLike) -> Run:
-    """A run from its workdir: config.json, the latest checkpoint, metrics and results."""
+def load_run(workdir: str | os.PathLike, model: Any = None) -> Run:
+    """A run from its workdir: config.json, the latest checkpoint, metrics and results;
+    `model`: the Linen module it trained, when not the one its config names."""
     rundir = RunDir(workdir)
-    model, variables, config = evaluate.restore_model(workdir)
+    model, variables, config = evaluate.restore_model(workdir, model=model)
     results = rundir.results() or {}
     params = variables.pop("params")
     return Run(rundir.path, config, model, params, results, rundir.metrics(),

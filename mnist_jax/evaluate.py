@@ -33,10 +33,12 @@ from mnist_jax.sharding import Placement
 
 
 def restore_model(
-    workdir: str | os.PathLike, step: int | None = None
+    workdir: str | os.PathLike, step: int | None = None, model: Any = None
 ) -> tuple[Any, Any, ml_collections.ConfigDict]:
     """(model, variables, config) of a run's latest (or `step`'s) checkpoint; variables are
-    what `model.apply` takes: {"params": ..., **model_state}. Reads only, and
+    what `model.apply` takes: {"params": ..., **model_state}. `model`: the Linen module the
+    run trained instead of the one its config names (checked against the checkpoint). Reads
+    only, and
     reads a consistent snapshot of a run that is training: a checkpoint that the trainer
     rotates away mid-read is retried on the newest one."""
     rundir = RunDir(check_dir(workdir, "run directory"))
@@ -51,7 +53,7 @@ def restore_model(
     if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
         raise UserError(f"checkpoint {rundir.checkpoints / str(step)} holds no parameters")
     variables = {"params": saved["params"], **saved.get("model_state", {})}
-    model = _model_for(config, variables, rundir.checkpoints / str(step))
+    model = _model_for(config, variables, rundir.checkpoints / str(step), model)
     logging.info("restored %s at step %d", rundir.path, step)
     return model, variables, config
 
@@ -99,18 +101,24 @@ def _nothing_to_restore(rundir: RunDir) -> str:
     return f"no checkpoint in {rundir.checkpoints}: train first"
 
 
-def _model_for(config: ml_collections.ConfigDict, variables: Any, where: Path) -> Any:
-    """The configured model whose variable shapes match `variables` (this finds the class
-    count, the one thing config.json does not say)."""
+def _model_for(
+    config: ml_collections.ConfigDict, variables: Any, where: Path, given: Any = None
+) -> Any:
+    """The configured (or `given`) model whose variable shapes match `variables` (this finds
+    the class count, the one thing config.json does not say)."""
     shapes = jax.tree_util.tree_map(np.shape, variables)
     params = variables["params"]
-    candidates = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
-    for k in sorted(candidates):
-        model = models.create_model(config.model, int(k))
+    counts = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
+    if given is not None:
+        candidates = [given]
+    else:
+        candidates = [models.create_model(config.model, int(k)) for k in sorted(counts)]
+    for model in candidates:
         abstract = jax.eval_shape(functools.partial(step_lib.init_variables, model), 0)
         if jax.tree_util.tree_map(lambda x: x.shape, abstract) == shapes:
             return model
-    raise UserError(f"checkpoint {where} does not match the model in its run's config.json")
+    which = "the given model" if given is not None else "the model in its run's config.json"
+    raise UserError(f"checkpoint {where} does not match {which}")
 
 
 def predict_probs(

@@ -145,6 +145,34 @@ def same_params(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in pairs)
 
 
+def saved_state(workdir: Path) -> dict:
+    """The latest checkpoint of a run directory as saved (digest checked):
+    read without a model, so it serves runs of any module."""
+    from mnist_jax import checkpoint
+
+    with checkpoint.Checkpointer(Path(workdir) / "checkpoints", create=False) as c:
+        return c.restore(None)
+
+
+def bn_net(**fields):
+    """A small Linen module with state and randomness: Dense -> BatchNorm (running averages
+    unless training) -> relu -> dropout -> Dense, by the models' contract."""
+    import flax.linen as nn
+
+    class BNNet(nn.Module):
+        num_classes: int = 10
+        units: int = 32
+        dropout_rate: float = 0.2
+
+        @nn.compact
+        def __call__(self, x, *, train: bool = False):
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(self.units)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+            return nn.Dense(self.num_classes)(x)
+
+    return BNNet(**fields)
+
+
 def latest_checkpoint(workdir: Path) -> int | None:
     """The newest checkpoint step in a run directory (None: none)."""
     from mnist_jax import checkpoint
