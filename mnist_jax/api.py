@@ -225,7 +225,7 @@ def finish(outcome: driver.Outcome, t0: float) -> Run:
     if outcome.params is None:  # Finished earlier, or diverged: read it back.
         if "final" not in outcome.results:
             return _diverged(outcome)
-        run = load_run(m.rundir.path)
+        run = load_run(m.rundir.path, model=outcome.model)
         if m.config.plots and not (run.workdir / "report.md").exists():
             run.save_outputs()  # Interrupted while plotting: make them now.
         return run

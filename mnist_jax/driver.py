@@ -174,7 +174,7 @@ def _check_and_restore(members, txs, model, plan, allow_config_change, fallback_
             keep_diverged=len(members) > 1, tag=_tag(m),
         )  # fmt: skip
         if start.state is None:
-            done.append(Outcome(m, start.results))
+            done.append(Outcome(m, start.results, model=model))
             m.rundir.unlock()
             continue
         skipped[m.rundir.path] = start.skipped

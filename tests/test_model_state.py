@@ -172,6 +172,8 @@ def test_restore_predict_and_export_use_the_running_averages(tmp_path, bn_config
     run = api.train(bn_config, tmp_path / "run", progress=False, model=bn_net())
     loaded = api.load_run(tmp_path / "run", model=bn_net())
     assert_same_bits(loaded.variables, run.variables)
+    again = api.train(bn_config, tmp_path / "run", progress=False, model=bn_net())  # Finished.
+    assert_same_bits(again.variables, run.variables)
     assert_same_bits(loaded.model_state, saved_state(tmp_path / "run")["model_state"])
     images = sample.images[:64]
     probs = run.predict(images)
