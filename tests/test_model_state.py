@@ -71,6 +71,34 @@ def test_training_updates_the_state_and_evaluation_reads_its_running_averages(sa
     assert int(sums["correct"]) == int(np.sum(probs.argmax(1) == labels))
 
 
+def test_any_declared_collection_is_state_and_sown_intermediates_are_not(sample):
+    """Not only batch_stats: a collection a module declares is carried from step to step;
+    Flax's `sow` collection (per-call outputs) is left out, so the loop's carry keeps its
+    shape."""
+    import flax.linen as nn
+
+    class Counting(nn.Module):
+        num_classes: int = 10
+
+        @nn.compact
+        def __call__(self, x, *, train: bool = False):
+            seen = self.variable("counters", "examples", lambda: jnp.zeros((), jnp.int32))
+            if train:
+                seen.value += x.shape[0]
+            self.sow("intermediates", "input_mean", x.mean())
+            return nn.Dense(self.num_classes)(x)
+
+    model = Counting()
+    tx = optim.make_optimizer(small_config("", "linear").optimizer, 1000)
+    init = step.init_state(model, tx, 0)
+    assert set(init.model_state) == {"counters"}
+    chunk = jax.jit(functools.partial(step.train_chunk, model=model, tx=tx, batch_size=20))
+    state, _ = chunk(init, sample.images, sample.labels, jnp.arange(1000), 0, 7)
+    assert int(state.model_state["counters"]["examples"]) == 7 * 20
+    probs = step.predict_probs(step.variables_of(state), sample.images[:3], model=model)
+    assert probs.shape == (3, 10)
+
+
 def test_resume_n_to_2n_equals_2n_straight_including_batch_stats(tmp_path, bn_config):
     full = bn_config.copy_and_resolve_references()
     full.num_steps = 120
