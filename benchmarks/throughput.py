@@ -201,7 +201,7 @@ def main() -> None:
 
         split = placement.put_eval(data.Split(images, labels), 10_000)
         sums = jax.jit(functools.partial(step.eval_sums, model=model))
-        params = jax.tree_util.tree_map(lambda a: a[0], holder[0].params)
+        params = {"params": jax.tree_util.tree_map(lambda a: a[0], holder[0].params)}
 
         evaluate = functools.partial(
             lambda f, *a: jax.block_until_ready(f(*a)),

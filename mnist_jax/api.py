@@ -83,7 +83,8 @@ def as_pixels(images: Any) -> np.ndarray:
 
 @dataclasses.dataclass
 class Run:
-    """A trained run: its config, final parameters, metric history and results."""
+    """A trained run: its config, final parameters and model state (BatchNorm's running
+    averages; {} for a stateless model), metric history and results."""
 
     workdir: Path
     config: ml_collections.ConfigDict = dataclasses.field(repr=False)
@@ -92,6 +93,12 @@ class Run:
     results: dict[str, Any] = dataclasses.field(repr=False)
     history: list[dict[str, Any]] = dataclasses.field(repr=False)
     test: data_lib.Split | None = dataclasses.field(default=None, repr=False)  # When in memory.
+    model_state: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """What `model.apply` takes: {"params": ..., **model_state}."""
+        return {"params": self.params, **self.model_state}
 
     @property
     def test_accuracy(self) -> float:
@@ -104,7 +111,7 @@ class Run:
         pixels 0-255 (uint8, ints or floats, rounded), shaped (n, 784), (n, 28, 28), (784,)
         or (28, 28). A float image whose brightest pixel is in (0, 1] is refused as [0, 1]
         scaled (multiply by 255); an all-zero image is valid (black in either scale)."""
-        return evaluate.predict_probs(self.model, self.params, as_pixels(images))
+        return evaluate.predict_probs(self.model, self.variables, as_pixels(images))
 
     def export(self, path: str | os.PathLike) -> Path:
         """Writes the run's model as a jax.export artifact at `path` (and `path`.json), as
@@ -191,11 +198,13 @@ def train(
     fallback_checkpoint: bool = False,
     progress: bool | None = None,
     t0: float | None = None,
+    model: Any = None,
 ) -> Run:
     """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates it on the
     test set, writes results.json and, if `config.plots`, plots/ and report.md. Changes no
     process-wide setting (jax.config, signal handlers); on any way out, Ctrl-C included, the
-    workdir is unlocked and a later call resumes it."""
+    workdir is unlocked and a later call resumes it. `model`: a Linen module to train instead
+    of the one config.model names (see `step.train_step` for the contract)."""
     t0 = time.time() if t0 is None else t0
     member = driver.Member(config, RunDir(workdir))
     (outcome,) = driver.run(
@@ -204,6 +213,7 @@ def train(
         fallback_checkpoint=fallback_checkpoint,
         progress=progress,
         t0=t0,
+        model=model,
     )
     return finish(outcome, t0)
 
@@ -214,13 +224,13 @@ def finish(outcome: driver.Outcome, t0: float) -> Run:
     if outcome.params is None:  # Finished earlier, or diverged: read it back.
         if "final" not in outcome.results:
             return _diverged(outcome)
-        run = load_run(m.rundir.path)
+        run = load_run(m.rundir.path, model=outcome.model)
         if m.config.plots and not (run.workdir / REPORT_FILE).exists():
             run.save_outputs()  # Interrupted while plotting: make them now.
         return run
     ds = outcome.dataset
     run = Run(m.rundir.path, m.config, outcome.model, outcome.params, outcome.results,
-              m.rundir.metrics(), ds.test if ds else None)  # fmt: skip
+              m.rundir.metrics(), ds.test if ds else None, outcome.model_state)  # fmt: skip
     timing = dict(run.results.get("timing", {}))
     if m.config.plots and jax.process_index() == 0:
         t = time.time()
@@ -237,9 +247,12 @@ def _diverged(outcome: driver.Outcome) -> Run:
     return Run(m.rundir.path, m.config, None, None, outcome.results, m.rundir.metrics())
 
 
-def load_run(workdir: str | os.PathLike) -> Run:
-    """A run from its workdir: config.json, the latest checkpoint, metrics and results."""
+def load_run(workdir: str | os.PathLike, model: Any = None) -> Run:
+    """A run from its workdir: config.json, the latest checkpoint, metrics and results;
+    `model`: the Linen module it trained, when not the one its config names."""
     rundir = RunDir(workdir)
-    model, params, config = evaluate.restore_model(workdir)
+    model, variables, config = evaluate.restore_model(workdir, model=model)
     results = rundir.results() or {}
-    return Run(rundir.path, config, model, params, results, rundir.metrics())
+    params = variables.pop("params")
+    return Run(rundir.path, config, model, params, results, rundir.metrics(),
+               model_state=variables)  # fmt: skip

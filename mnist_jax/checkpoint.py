@@ -1,7 +1,8 @@
 """Checkpoints with orbax, each carrying a digest of its arrays that restore verifies.
 
 Layout (plain orbax can read it): `<workdir>/checkpoints/<step>/state` is a
-`StandardCheckpointHandler` item holding {step, params, opt_state, rng}, and
+`StandardCheckpointHandler` item holding {step, params, opt_state, rng, loss_sum} and, for a
+model with variable collections besides params (BatchNorm's batch_stats), model_state; and
 `<workdir>/checkpoints/<step>/digest` a JSON item {"sha256": ...} over every array's path, dtype,
 shape and bytes. Orbax writes a step into a temporary directory and renames it into place once
 complete, so a crash mid-save never leaves a half checkpoint; but orbax does not checksum array
@@ -58,9 +59,14 @@ def digest(tree: Any) -> str:
 
 
 def as_dict(state: Any) -> dict[str, Any]:
-    """A TrainState as the dict that is saved (so that plain orbax restores it as a dict)."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": state.rng, "loss_sum": state.loss_sum}  # fmt: skip
+    """A TrainState as the dict that is saved (so that plain orbax restores it as a dict).
+    An empty model_state (a stateless model) is left out: such a checkpoint is laid out, and
+    digested, as before model state existed."""
+    saved = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+             "rng": state.rng, "loss_sum": state.loss_sum}  # fmt: skip
+    if state.model_state:
+        saved["model_state"] = state.model_state
+    return saved
 
 
 class Checkpointer:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from typing import Any
 
 from mnist_jax import (
     config as config_lib,
@@ -69,15 +70,17 @@ def run(
     data_cache: dict | None = None,
     t0: float | None = None,
     placement: Placement | None = None,
+    model: Any = None,
 ) -> list[Outcome]:
     """Trains `members` (configs that differ only in `sweep.VMAPPED` fields) as one program;
     each resumes from its own latest checkpoint. Returns one Outcome per member: first those
-    with nothing to do (finished, or a sweep's diverged member), then the trained ones."""
+    with nothing to do (finished, or a sweep's diverged member), then the trained ones.
+    `model`: a Linen module to train instead of the one config.model names."""
     timing = Timing(time.time() if t0 is None else t0)
     timing.startup_s = time.time() - timing.t0
     for m in members:
         _check_member(m)
-    setup, record = _set_up(members, data_cache, placement or Placement(), timing)
+    setup, record = _set_up(members, data_cache, placement or Placement(), timing, model)
     done, todo, states = _restore_and_claim(
         members, setup, record, allow_config_change, fallback_checkpoint
     )
@@ -106,7 +109,7 @@ def _check_member(m: Member) -> None:
 
 
 def _set_up(members: list[Member], data_cache: dict | None, placement: Placement,
-            timing: Timing) -> tuple[Setup, dict]:  # fmt: skip
+            timing: Timing, model: Any = None) -> tuple[Setup, dict]:  # fmt: skip
     """The data (one train/validation split per seed, as a single run makes it), the plan,
     the model; and the run record (run.json) that a resume must match."""
     first = members[0].config
@@ -126,7 +129,8 @@ def _set_up(members: list[Member], data_cache: dict | None, placement: Placement
     plan = make_plan(first, num_train, max_epochs=cap)
     # What the steps are computed over; a resume must match it (resume.check_same_steps).
     record = {"num_steps": plan.num_steps, "data": data_lib.fingerprint(train_full, test, source)}
-    model = models.create_model(first.model, datasets[first.seed].num_classes)
+    if model is None:
+        model = models.create_model(first.model, datasets[first.seed].num_classes)
     placement.check_batch(first.batch_size, num_train)
     return Setup(datasets, train_full, test, plan, model, placement), record
 
@@ -149,7 +153,7 @@ def _restore_and_claim(members, setup, record, allow_config_change, fallback_che
                 keep_diverged=len(members) > 1, tag=m.tag,
             )  # fmt: skip
             if start.state is None:  # Finished, or a sweep's diverged member.
-                done.append(Outcome(m, start.results))
+                done.append(Outcome(m, start.results, model=setup.model))
                 m.rundir.unlock()
                 continue
             skipped[m.rundir.path] = start.skipped

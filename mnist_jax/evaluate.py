@@ -34,9 +34,12 @@ from mnist_jax.sharding import Placement
 
 
 def restore_model(
-    workdir: str | os.PathLike, step: int | None = None
+    workdir: str | os.PathLike, step: int | None = None, model: Any = None
 ) -> tuple[Any, Any, ml_collections.ConfigDict]:
-    """(model, params, config) of a run's latest (or `step`'s) checkpoint. Reads only, and
+    """(model, variables, config) of a run's latest (or `step`'s) checkpoint; variables are
+    what `model.apply` takes: {"params": ..., **model_state}. `model`: the Linen module the
+    run trained instead of the one its config names (checked against the checkpoint). Reads
+    only, and
     reads a consistent snapshot of a run that is training: a checkpoint that the trainer
     rotates away mid-read is retried on the newest one."""
     rundir = RunDir(check_dir(workdir, "run directory"))
@@ -50,10 +53,10 @@ def restore_model(
     saved, step = _restore_snapshot(rundir, step)
     if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
         raise UserError(f"checkpoint {rundir.checkpoints / str(step)} holds no parameters")
-    params = saved["params"]
-    model = _model_for(config, params, rundir.checkpoints / str(step))
+    variables = {"params": saved["params"], **saved.get("model_state", {})}
+    model = _model_for(config, variables, rundir.checkpoints / str(step), model)
     logging.info("restored %s at step %d", rundir.path, step)
-    return model, params, config
+    return model, variables, config
 
 
 RETRIES = 20  # Attempts while a live run's checkpoints change under the reader.
@@ -99,26 +102,36 @@ def _nothing_to_restore(rundir: RunDir) -> str:
     return f"no checkpoint in {rundir.checkpoints}: train first"
 
 
-def _model_for(config: ml_collections.ConfigDict, params: Any, where: Path) -> Any:
-    """The configured model whose parameter shapes match `params` (this finds the class
-    count, the one thing config.json does not say)."""
-    shapes = jax.tree_util.tree_map(np.shape, params)
-    candidates = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
-    for k in sorted(candidates):
-        model = models.create_model(config.model, int(k))
-        abstract = jax.eval_shape(functools.partial(step_lib.init_params, model), 0)
+def _model_for(
+    config: ml_collections.ConfigDict, variables: Any, where: Path, given: Any = None
+) -> Any:
+    """The configured (or `given`) model whose variable shapes match `variables` (this finds
+    the class count, the one thing config.json does not say)."""
+    shapes = jax.tree_util.tree_map(np.shape, variables)
+    params = variables["params"]
+    counts = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
+    if given is not None:
+        candidates = [given]
+    else:
+        candidates = [models.create_model(config.model, int(k)) for k in sorted(counts)]
+    for model in candidates:
+        abstract = jax.eval_shape(functools.partial(step_lib.init_variables, model), 0)
         if jax.tree_util.tree_map(lambda x: x.shape, abstract) == shapes:
             return model
-    raise UserError(f"checkpoint {where} does not match the model in its run's config.json")
+    which = "the given model" if given is not None else "the model in its run's config.json"
+    raise UserError(f"checkpoint {where} does not match {which}")
 
 
-def predict_probs(model: Any, params: Any, images: np.ndarray, batch: int = 10_000) -> np.ndarray:
-    """Class probabilities (n, classes) for uint8 images (n, 784)."""
+def predict_probs(
+    model: Any, variables: Any, images: np.ndarray, batch: int = 10_000
+) -> np.ndarray:
+    """Class probabilities (n, classes) for uint8 images (n, 784), from `model` with
+    `variables` ({"params": ..., **model_state})."""
     apply = jax.jit(functools.partial(step_lib.predict_probs, model=model))
     if len(images) == 0:
         return np.zeros((0, model.num_classes), np.float32)
     return np.concatenate(
-        [np.asarray(apply(params, images[i : i + batch])) for i in range(0, len(images), batch)]
+        [np.asarray(apply(variables, images[i : i + batch])) for i in range(0, len(images), batch)]
     )
 
 
@@ -135,12 +148,12 @@ def class_names(data_config: Any, num_classes: int) -> tuple[str, ...]:
     return names
 
 
-def split_sums(model: Any, params: Any, split: data_lib.Split, batch: int) -> dict[str, Any]:
+def split_sums(model: Any, variables: Any, split: data_lib.Split, batch: int) -> dict[str, Any]:
     """`step.eval_sums` of a whole split (numpy), on the devices, `batch` examples at a time."""
     placed = Placement().put_eval(split, batch)
     return jax.device_get(
         jax.jit(functools.partial(step_lib.eval_sums, model=model))(
-            params, placed.images, placed.labels, placed.size
+            variables, placed.images, placed.labels, placed.size
         )
     )
 
@@ -191,10 +204,10 @@ def evaluate_workdir(
 
 
 def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
-    model, params, config = restore_model(rundir.path)
+    model, variables, config = restore_model(rundir.path)
     test, source, location = data_lib.load_test(data_config)
     rundir.claim()  # The command goes on: say who holds the workdir.
-    sums = split_sums(model, params, test, config.eval_batch_size)
+    sums = split_sums(model, variables, test, config.eval_batch_size)
     result = {
         "test": scores.scalars(sums),
         **scores.details(sums, class_names(data_config, model.num_classes)),

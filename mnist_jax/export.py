@@ -123,9 +123,10 @@ def check_finished(rundir: RunDir) -> dict[str, Any]:
     return results
 
 
-def exported(model: Any, params: Any, platforms: tuple[str, ...] = PLATFORMS):
-    """The `jax.export.Exported` of `model` with `params`: uint8 (n, 784) -> probs (n, classes)."""
-    fn = jax.jit(functools.partial(step_lib.predict_probs, params, model=model))
+def exported(model: Any, variables: Any, platforms: tuple[str, ...] = PLATFORMS):
+    """The `jax.export.Exported` of `model` with `variables` (params and model state, e.g.
+    BatchNorm's running averages, baked in): uint8 (n, 784) -> probs (n, classes)."""
+    fn = jax.jit(functools.partial(step_lib.predict_probs, variables, model=model))
     (n,) = jax.export.symbolic_shape("n")
     spec = jax.ShapeDtypeStruct((n, data_lib.NUM_PIXELS), jnp.uint8)
     return jax.export.export(fn, platforms=platforms)(spec)
@@ -172,8 +173,8 @@ def export_run(
     check_not_a_runs_file(out, _is_sidecar(sidecar(out)))
     check_not_a_runs_file(sidecar(out), _is_sidecar(sidecar(out)))
     with rundir:  # Not while a run trains here: its checkpoint could change under us.
-        model, params, config = evaluate.restore_model(rundir.path)
-    exp = exported(model, params, platforms)
+        model, variables, config = evaluate.restore_model(rundir.path)
+    exp = exported(model, variables, platforms)
     blob = exp.serialize()
     text = json.dumps(describe(exp, config, rundir.path, results.get("num_steps")), indent=2) + "\n"
     outputs.write_atomic(out, lambda f: f.write(blob))

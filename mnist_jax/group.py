@@ -52,13 +52,15 @@ class Member:
 
 @dataclasses.dataclass
 class Outcome:
-    """What the driver returns per member: results (as in results.json) and the final params."""
+    """What the driver returns per member: results (as in results.json), the final params and
+    model state."""
 
     member: Member
     results: dict[str, Any]
     params: Any = None
     dataset: data_lib.Dataset | None = None
     model: Any = None
+    model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -185,13 +187,13 @@ class Group:
         for m in self.members:
             m.rundir.unlock()
 
-    def eval_split(self, params: Any, split: EvalSplit) -> dict[str, Any]:
+    def eval_split(self, variables: Any, split: EvalSplit) -> dict[str, Any]:
         """The evaluation sums (numpy) of one split, {} for an empty one; `scores` makes them
         metrics."""
         if split.size == 0:
             return {}
         t = time.time()
-        sums = jax.device_get(self.evaluate(params, split.images, split.labels, split.size))
+        sums = jax.device_get(self.evaluate(variables, split.images, split.labels, split.size))
         self.timing.eval_s += time.time() - t
         return sums
 
@@ -213,7 +215,7 @@ def log_period(g: Group, step: int, examples_per_sec: float) -> None:
         m, state = g.members[k], g.member_state(k)
         line = [f"{m.tag}step {step}/{g.plan.num_steps}"]
         for name, split in g.splits[m.config.seed].items():
-            sums = g.eval_split(state.params, split)
+            sums = g.eval_split(step_lib.variables_of(state), split)
             if not sums:
                 continue
             s = scores.scalars(sums)
@@ -240,10 +242,11 @@ def final_outcomes(g: Group) -> list[Outcome]:
             out.append(Outcome(m, {"diverged": metrics.diverged_record(g.diverged[k])}))
             continue
         state, ds = g.member_state(k), g.datasets[m.config.seed]
+        v = step_lib.variables_of(state)
         final = {
-            "train": g.eval_split(state.params, g.p.put_eval(ds.train, m.config.eval_batch_size)),
-            "validation": g.eval_split(state.params, g.splits[m.config.seed]["validation"]),
-            "test": g.eval_split(state.params, g.test),
+            "train": g.eval_split(v, g.p.put_eval(ds.train, m.config.eval_batch_size)),
+            "validation": g.eval_split(v, g.splits[m.config.seed]["validation"]),
+            "test": g.eval_split(v, g.test),
         }
         g.timing.wall_s = time.time() - g.timing.t0
         results = metrics.summarize(m.config, ds, g.plan, state, final, g.timing, g.steps)
@@ -251,7 +254,7 @@ def final_outcomes(g: Group) -> list[Outcome]:
         results["resumed_from_step"] = g.start or None
         m.rundir.write_json("results.json", results)
         g.writers[k].final(m.config, results)
-        out.append(Outcome(m, results, state.params, ds, g.model))
+        out.append(Outcome(m, results, state.params, ds, g.model, state.model_state))
     return out
 
 

@@ -154,13 +154,14 @@ def _finished_results(rundir) -> dict[str, Any]:
 
 def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], str]:
     workdir = rundir.path
-    model, params, config = evaluate.restore_model(workdir)
+    model, variables, config = evaluate.restore_model(workdir)
     used = evaluate.run_data_config(rundir, data_overrides)
     test, source, location = data_lib.load_test(used)
     names = evaluate.class_names(used, model.num_classes)
     scored = f"{len(test):,} test examples of {source} ({location})"
-    probs = evaluate.predict_probs(model, params, test.images)
-    fresh = scores.rescored(evaluate.split_sums(model, params, test, config.eval_batch_size), names)
+    probs = evaluate.predict_probs(model, variables, test.images)
+    sums = evaluate.split_sums(model, variables, test, config.eval_batch_size)
+    fresh = scores.rescored(sums, names)
     target = workdir
     if data_overrides:  # Other data: its own folder and scores, never the run's own plots.
         target = workdir / f"scored_on_{source}"
@@ -180,7 +181,7 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
         config,
         history,
         results,
-        first_layer_kernel(params),
+        first_layer_kernel(variables["params"]),
         test.images,
         test.labels,
         probs,
@@ -252,7 +253,7 @@ def plot_sweep(
         for r in same:
             k = (kernels or {}).get(r["member"])
             if k is None:
-                k = first_layer_kernel(evaluate.restore_model(workdir / r["member"])[1])
+                k = first_layer_kernel(evaluate.restore_model(workdir / r["member"])[1]["params"])
             found.append((r["num_steps"], k))
         figs["first_layer_by_steps"] = weights_by_steps_figure(
             found, f"First-layer weights after each num_steps ({best['member']} otherwise)"

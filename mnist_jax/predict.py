@@ -61,13 +61,13 @@ def main(argv: list[str], overrides: dict) -> int:
     num_classes = len(data_lib.class_names(config.data)) if config else 10
     # Inputs first: nothing is restored for a typo.
     csv = read_rows(f.csv, num_classes) if f.csv else None
-    model, params, saved = evaluate.restore_model(f.workdir)
+    model, variables, saved = evaluate.restore_model(f.workdir)
     _check_config(Path(f.workdir), saved, overrides)
     classes = evaluate.class_names(saved.data, model.num_classes)
     failures = 0
     if csv is not None:
         images, labels = csv
-        probs = evaluate.predict_probs(model, params, images)
+        probs = evaluate.predict_probs(model, variables, images)
         for i, p in enumerate(probs):
             label = "" if labels is None else f" (label {classes[labels[i]]})"
             print(
@@ -87,7 +87,7 @@ def main(argv: list[str], overrides: dict) -> int:
             print(f"error: {cli.one_line(e)}", file=sys.stderr)
             failures += 1
     if images:
-        probs = evaluate.predict_probs(model, params, np.stack(images))
+        probs = evaluate.predict_probs(model, variables, np.stack(images))
         for name, p in zip(names, probs, strict=True):
             print(cli.one_line(f"{name}: {classes[p.argmax()]}  {format_probs(p, classes)}"))
     return 1 if failures else 0

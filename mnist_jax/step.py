@@ -4,7 +4,9 @@ Nothing here touches the host, the disk or global state, so `jax.jit`, `lax.map`
 (sweep members) and sharding (data parallelism) take these functions as they are.
 - `train_step(state, images, labels)`: everything random comes from `fold_in(state.rng, step)`,
   so a step's result depends on the step number alone, never on how steps were grouped into
-  calls, on resumption, or on the device count.
+  calls, on resumption, or on the device count. A module's collections besides `params`
+  (BatchNorm's `batch_stats`) are `state.model_state`: mutable in training (train=True), read
+  as they are (running averages) by `eval_sums` and `predict_probs` (train=False).
 - `train_chunk` runs any number of steps in one `lax.fori_loop`; the trip count is an argument,
   so one compiled program serves every chunk length.
 - `eval_sums` scans a split padded to whole batches and masks the padding, so every example
@@ -47,22 +49,43 @@ class TrainState(flax.struct.PyTreeNode):
     # Batch losses summed since the last evaluation, step after step in one order: the logged
     # mean batch loss is then the same bits however the steps were chunked or resumed.
     loss_sum: jax.Array
+    # The module's variable collections besides `params` ({} for a stateless model), e.g.
+    # {"batch_stats": ...}: updated by every training step, not by the optimizer.
+    model_state: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+
+# Flax's `sow` collection: per-call outputs, not state carried from step to step.
+NOT_STATE = ("intermediates",)
+
+
+def init_variables(model: nn.Module, seed: int | jax.Array) -> dict[str, Any]:
+    """Fresh variables {"params": ..., <other collections>...} from `seed` (jit friendly)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), INIT)
+    variables = model.init(key, jnp.zeros((1, data_lib.NUM_PIXELS)), train=False)
+    return {k: v for k, v in variables.items() if k not in NOT_STATE}
 
 
 def init_params(model: nn.Module, seed: int | jax.Array) -> Any:
     """Fresh parameters from `seed` (jit/eval_shape friendly)."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), INIT)
-    return model.init(key, jnp.zeros((1, data_lib.NUM_PIXELS)))["params"]
+    return init_variables(model, seed)["params"]
 
 
 def init_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int | jax.Array
 ) -> TrainState:
-    """Fresh parameters and optimizer state from `seed` (jit/eval_shape friendly)."""
-    params = init_params(model, seed)
+    """Fresh parameters, model state and optimizer state from `seed` (jit/eval_shape
+    friendly)."""
+    variables = init_variables(model, seed)
+    params = variables.pop("params")
     return TrainState(
-        jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(seed), jnp.float32(0)
-    )
+        step=jnp.int32(0), params=params, opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(seed), loss_sum=jnp.float32(0), model_state=variables,
+    )  # fmt: skip
+
+
+def variables_of(state: TrainState) -> dict[str, Any]:
+    """What `model.apply` takes: {"params": ..., **model_state}."""
+    return {"params": state.params, **state.model_state}
 
 
 def scale_images(images: jax.Array) -> jax.Array:
@@ -82,15 +105,19 @@ def train_step(
     dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT), state.step)
 
     def loss_fn(params):
-        logits = model.apply(
-            {"params": params}, scale_images(images), train=True, rngs={"dropout": dropout_rng}
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        logits, model_state = model.apply(
+            {"params": params, **state.model_state}, scale_images(images), train=True,
+            rngs={"dropout": dropout_rng}, mutable=list(state.model_state),
+        )  # fmt: skip
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, model_state
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          model_state={**state.model_state, **model_state})  # fmt: skip
+    return state, loss
 
 
 def train_chunk(
@@ -119,32 +146,17 @@ def train_chunk(
     `state.loss_sum` adds up the batch losses.
     """
     num_train = rows.shape[0]
-    spe, bs = num_train // batch_size, batch_size
-    end = first_step + num_steps
+    spe, end = num_train // batch_size, first_step + num_steps
     shuffle_key = jax.random.fold_in(state.rng, SHUFFLE)
 
     def epoch_body(epoch, carry):
         perm = permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
-        # The epoch's rows gathered at once, (steps, batch, ...): one large gather is cheaper
-        # than one per step; each device gathers only its shard of every batch.
-        idx = rows[perm[: spe * bs]].reshape(spe, bs)
-        if batch_sharding is not None:
-            idx = jax.lax.with_sharding_constraint(
-                idx, NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
-            )
-        epoch_images, epoch_labels = images[idx], labels[idx]
-
-        def step_body(step, carry):
-            state, loss_sum, bad_step = carry
-            x = jax.lax.dynamic_index_in_dim(epoch_images, step % spe, keepdims=False)
-            y = jax.lax.dynamic_index_in_dim(epoch_labels, step % spe, keepdims=False)
-            state, loss = train_step(state, x, y, model=model, tx=tx)
-            bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
-            return state, loss_sum + loss, bad_step
-
+        batches = _epoch_batches(
+            images, labels, rows[perm[: spe * batch_size]], batch_size, batch_sharding
+        )
         lo = jnp.maximum(first_step, epoch * spe)
         hi = jnp.minimum(end, (epoch + 1) * spe)
-        return jax.lax.fori_loop(lo, hi, step_body, carry)
+        return _run_steps(carry, batches, lo, hi, model=model, tx=tx)
 
     first_epoch = first_step // spe
     last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
@@ -153,8 +165,43 @@ def train_chunk(
     return state.replace(loss_sum=loss_sum), {"nonfinite_step": bad_step}
 
 
+def _run_steps(carry: tuple, batches: tuple, lo: jax.Array, hi: jax.Array, *, model, tx):
+    """Steps `lo` .. `hi - 1` on an epoch's batches (step s takes batch s % steps); `carry`
+    is (state, loss sum, first non-finite loss's step or -1)."""
+    epoch_images, epoch_labels = batches
+    spe = epoch_labels.shape[0]
+
+    def step_body(step, carry):
+        state, loss_sum, bad_step = carry
+        x = jax.lax.dynamic_index_in_dim(epoch_images, step % spe, keepdims=False)
+        y = jax.lax.dynamic_index_in_dim(epoch_labels, step % spe, keepdims=False)
+        state, loss = train_step(state, x, y, model=model, tx=tx)
+        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
+        return state, loss_sum + loss, bad_step
+
+    return jax.lax.fori_loop(lo, hi, step_body, carry)
+
+
+def _epoch_batches(
+    images: jax.Array,
+    labels: jax.Array,
+    epoch_rows: jax.Array,
+    batch_size: int,
+    batch_sharding: NamedSharding | None,
+) -> tuple[jax.Array, jax.Array]:
+    """An epoch's rows gathered at once as (steps, batch, ...): one large gather is cheaper
+    than one per step; with a batch sharding each device gathers only its shard of every
+    batch."""
+    idx = epoch_rows.reshape(-1, batch_size)
+    if batch_sharding is not None:
+        idx = jax.lax.with_sharding_constraint(
+            idx, NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
+        )
+    return images[idx], labels[idx]
+
+
 def eval_sums(
-    params: Any, images: jax.Array, labels: jax.Array, size: jax.Array, *, model: nn.Module
+    variables: Any, images: jax.Array, labels: jax.Array, size: jax.Array, *, model: nn.Module
 ) -> dict[str, jax.Array]:
     """Summed log-loss, correct count, confusion matrix and calibration bins (example count,
     summed top-class confidence and correct count per `scores.CALIBRATION_BINS` equal-width
@@ -166,7 +213,7 @@ def eval_sums(
 
     def body(totals, xs):
         x, y, w = xs
-        logits = model.apply({"params": params}, scale_images(x))
+        logits = model.apply(variables, scale_images(x), train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         pred = jnp.argmax(logits, -1)
         right = w & (pred == y)
@@ -189,9 +236,10 @@ def eval_sums(
     return totals
 
 
-def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
-    """Class probabilities (n, classes) of uint8 images (n, 784)."""
-    return jax.nn.softmax(model.apply({"params": params}, scale_images(images)))
+def predict_probs(variables: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
+    """Class probabilities (n, classes) of uint8 images (n, 784); `variables` as from
+    `variables_of(state)` (model state as it is: BatchNorm's running averages)."""
+    return jax.nn.softmax(model.apply(variables, scale_images(images), train=False))
 
 
 def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):

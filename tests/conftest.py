@@ -145,7 +145,7 @@ def trees_equal(a, b) -> bool:
 
 
 def params_of(workdir):
-    """The parameters of a run directory's latest checkpoint."""
+    """The variables (params and any model state) of a run directory's latest checkpoint."""
     from mnist_jax import evaluate
 
     return evaluate.restore_model(workdir)[1]
@@ -154,6 +154,34 @@ def params_of(workdir):
 def same_params(a, b) -> bool:
     """The latest checkpoints of two run directories hold the same parameters, to the bit."""
     return trees_equal(params_of(a), params_of(b))
+
+
+def saved_state(workdir: Path) -> dict:
+    """The latest checkpoint of a run directory as saved (digest checked):
+    read without a model, so it serves runs of any module."""
+    from mnist_jax import checkpoint
+
+    with checkpoint.Checkpointer(Path(workdir) / "checkpoints", create=False) as c:
+        return c.restore(None)
+
+
+def bn_net(**fields):
+    """A small Linen module with state and randomness: Dense -> BatchNorm (running averages
+    unless training) -> relu -> dropout -> Dense, by the models' contract."""
+    import flax.linen as nn
+
+    class BNNet(nn.Module):
+        num_classes: int = 10
+        units: int = 32
+        dropout_rate: float = 0.2
+
+        @nn.compact
+        def __call__(self, x, *, train: bool = False):
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(self.units)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+            return nn.Dense(self.num_classes)(x)
+
+    return BNNet(**fields)
 
 
 def latest_checkpoint(workdir: Path) -> int | None:

@@ -59,14 +59,14 @@ def test_device_sums_give_the_metrics_of_their_definitions(n, batch, classes, se
     """Any split size, eval batch (padding masked) and class count: the jitted sums, through
     the registry, equal the textbook formulas computed from the probabilities."""
     model = models.create_model(small_config("", "linear").model, classes)
-    params = jax.tree_util.tree_map(
-        lambda x: 3 * x, step.init_params(model, seed)
+    variables = jax.tree_util.tree_map(
+        lambda x: 3 * x, step.init_variables(model, seed)
     )  # Sharper probabilities: the bins spread over [0, 1].
     rng = np.random.default_rng(seed)
     split = data.Split(rng.integers(0, 256, (n, 784), dtype=np.uint8),
                        rng.integers(0, classes, n).astype(np.int32))  # fmt: skip
-    sums = evaluate.split_sums(model, params, split, batch)
-    probs = np.asarray(evaluate.predict_probs(model, params, split.images), np.float64)
+    sums = evaluate.split_sums(model, variables, split, batch)
+    probs = np.asarray(evaluate.predict_probs(model, variables, split.images), np.float64)
     want = reference(probs, split.labels, scores.CALIBRATION_BINS)
     got = scores.scalars(sums)
     assert got["size"] == n
@@ -81,11 +81,11 @@ def test_device_sums_give_the_metrics_of_their_definitions(n, batch, classes, se
 
 def test_the_sums_do_not_depend_on_the_eval_batch():
     model = models.create_model(small_config("", "linear").model, 10)
-    params = step.init_params(model, 1)
+    variables = step.init_variables(model, 1)
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (777, 784), dtype=np.uint8),
                        rng.integers(0, 10, 777).astype(np.int32))  # fmt: skip
-    a, b = (evaluate.split_sums(model, params, split, batch) for batch in (777, 100))
+    a, b = (evaluate.split_sums(model, variables, split, batch) for batch in (777, 100))
     for key in ("correct", "confusion", "bin_count", "bin_correct"):
         np.testing.assert_array_equal(a[key], b[key])
     np.testing.assert_allclose(a["bin_confidence"], b["bin_confidence"], rtol=1e-5)
@@ -168,12 +168,12 @@ def test_the_calibration_bin_count_is_documented_where_it_is_used():
 
 def test_eval_sums_are_pure_and_jitted():
     model = models.create_model(small_config("", "linear").model, 10)
-    params = step.init_params(model, 0)
+    variables = step.init_variables(model, 0)
     split = Placement().put_eval(data.Split(np.zeros((5, 784), np.uint8), np.zeros(5, np.int32)), 4)
     fn = jax.jit(functools.partial(step.eval_sums, model=model))
     a, b = (
-        fn(params, split.images, split.labels, split.size),
-        fn(params, split.images, split.labels, split.size),
+        fn(variables, split.images, split.labels, split.size),
+        fn(variables, split.images, split.labels, split.size),
     )
     assert trees_equal(a, b)
     assert int(a["bin_count"].sum()) == 5 and a["bin_count"].shape == (scores.CALIBRATION_BINS,)

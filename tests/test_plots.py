@@ -38,16 +38,16 @@ def trained(tmp_path_factory, idx_dir):
 @pytest.fixture(scope="module")
 def in_memory(trained, idx_dir):
     """What the driver holds after training: history, results, config, kernel, test arrays."""
-    model, params, config = evaluate.restore_model(trained)
+    model, variables, config = evaluate.restore_model(trained)
     _, test = data.load_idx(idx_dir)
     return dict(
         config=config,
         history=metrics.read_jsonl(trained / metrics.METRICS_FILE),
         results=metrics.read_json(trained / "results.json"),
-        first_layer_kernel=plot.first_layer_kernel(params),
+        first_layer_kernel=plot.first_layer_kernel(variables["params"]),
         test_images=test.images,
         test_labels=test.labels,
-        test_probs=evaluate.predict_probs(model, params, test.images),
+        test_probs=evaluate.predict_probs(model, variables, test.images),
     )
 
 

@@ -94,9 +94,9 @@ def test_train_steps_lower_the_loss(sample):
     split = p.put_eval(sample, 1000)
     evaluate = jax.jit(functools.partial(step.eval_sums, model=model))
     state = step.init_state(model, tx, 0)
-    before = evaluate(state.params, split.images, split.labels, split.size)["loss_sum"]
+    before = evaluate(step.variables_of(state), split.images, split.labels, split.size)["loss_sum"]
     state, stats = _chunk(c, model, tx)(state, images, labels, rows, 0, 50)
-    after = evaluate(state.params, split.images, split.labels, split.size)["loss_sum"]
+    after = evaluate(step.variables_of(state), split.images, split.labels, split.size)["loss_sum"]
     assert int(state.step) == 50 and int(stats["nonfinite_step"]) == -1
     assert after < 0.5 * before
 
@@ -151,7 +151,8 @@ def test_evaluation_counts_every_example_once(sample):
     )
     part = data.Split(sample.images[:1234], sample.labels[:1234])
     split = Placement().put_eval(part, 500)  # 3 batches, 266 padded.
-    sums = step.eval_sums(state.params, split.images, split.labels, split.size, model=model)
+    v = step.variables_of(state)
+    sums = step.eval_sums(v, split.images, split.labels, split.size, model=model)
     logits = model.apply({"params": state.params}, step.scale_images(part.images))
     expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, part.labels).sum()
     pred = np.asarray(jnp.argmax(logits, -1))
