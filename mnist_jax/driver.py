@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from mnist_jax import (
+    augment as augment_lib,
     checkpoint as ckpt_lib,
     config as config_lib,
     data as data_lib,
@@ -237,11 +238,32 @@ class _Group:
         self.timing.eval_s += time.time() - t
         return sums
 
+    def _tta(self, params: Any, m: Member, final: dict[str, Any]) -> dict[str, Any]:
+        """The final validation and test scores with test-time augmentation: each example's
+        softmax averaged over `augment.tta_shifts(config.augment.tta_shift)`."""
+        shift = m.config.augment.tta_shift
+        fn = jax.jit(functools.partial(step_lib.eval_sums, model=self.model, tta_shift=shift))
+        copies = [list(c) for c in augment_lib.tta_shifts(shift)]
+        out: dict[str, Any] = {"shift": shift, "copies": copies}
+        splits = {"validation": self.splits[m.config.seed]["validation"], "test": self.test}
+        t = time.time()
+        for name, split in splits.items():
+            if split.size:
+                sums = jax.device_get(fn(params, split.images, split.labels, split.size))
+                out[name] = scores.scalars(sums)
+        self.timing.eval_s += time.time() - t
+        if "test" in out:
+            logging.info("%stest-time shifts of %d px: test accuracy %.2f%% (without: %.2f%%)",
+                         _tag(m), shift, 100 * out["test"]["accuracy"],
+                         100 * final["test"]["accuracy"])  # fmt: skip
+        return out
+
     def compile(self, vectorize: str):
         tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
         fn = step_lib.chunk_program(
-            self.model, tx, self.config.batch_size, self.p, vectorize, self.K
-        )
+            self.model, tx, self.config.batch_size, self.p, vectorize, self.K,
+            augment_lib.from_config(self.config.augment),
+        )  # fmt: skip
         t = time.time()
         compiled = fn.lower(self.state, self.images, self.labels, self.rows, 0, 0).compile()
         self.timing.compile_s += time.time() - t
@@ -423,6 +445,8 @@ class _Group:
             )
             results["sweep_group_size"] = self.K
             results["resumed_from_step"] = self.start or None
+            if m.config.augment.tta_shift:
+                results["tta"] = self._tta(state.params, m, results["final"])
             m.rundir.write_json("results.json", results)
             self.writers[k].final(m.config, results)
             out.append(Outcome(m, results, state.params, ds, self.model))
