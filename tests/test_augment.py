@@ -42,15 +42,23 @@ def _pixels(x) -> np.ndarray:
     return np.asarray(x).astype(np.int64)
 
 
+def _np_shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    square, out = x.reshape(-1, 28, 28), np.zeros((len(x), 28, 28), x.dtype)
+    rows, cols = slice(max(dy, 0), 28 + min(dy, 0)), slice(max(dx, 0), 28 + min(dx, 0))
+    out[:, rows, cols] = square[:, max(-dy, 0) : 28 - max(dy, 0), max(-dx, 0) : 28 - max(dx, 0)]
+    return out.reshape(x.shape)
+
+
 @given(k=st.integers(1, 4), key=KEYS, start=st.integers(0, 4000))
 @settings(max_examples=10)
 def test_a_shift_moves_each_image_by_whole_pixels_up_to_max_shift(sample, k, key, start):
     x = _batch(sample, start)
-    y = augment.Augment(max_shift=k)(key, x)
+    y = np.asarray(augment.Augment(max_shift=k)(key, x))
+    shifted = {(dy, dx): _np_shift(np.asarray(x), dy, dx)
+               for dy in range(-k, k + 1) for dx in range(-k, k + 1)}  # fmt: skip
     moves = []
     for i in range(len(x)):
-        found = [(dy, dx) for dy in range(-k, k + 1) for dx in range(-k, k + 1)
-                 if np.array_equal(augment.shift(x[i : i + 1], dy, dx), y[i : i + 1])]  # fmt: skip
+        found = [move for move, z in shifted.items() if np.array_equal(z[i], y[i])]
         assert found, f"example {i} is not a shift of at most {k} px"
         moves.append(found[0])
     assert len(set(moves)) > 1  # Each example draws its own shift.
@@ -85,6 +93,8 @@ def test_identity_parameters_give_the_identical_image(sample, sigma):
     grid = augment.Augment().coordinates(key, len(x))
     assert np.array_equal(augment.warp(x, grid), x)  # Sampling at the pixels themselves.
     assert np.array_equal(augment.shift(x, 0, 0), x)
+    for dy, dx in ((1, 0), (-3, 2), (0, -27)):  # The test-time shift: whole pixels, zero fill.
+        assert np.array_equal(augment.shift(x, dy, dx), _np_shift(np.asarray(x), dy, dx))
     # A transform at 0 is left out: elastic with alpha 0 (whatever sigma) is the identity.
     assert np.array_equal(augment.Augment(elastic_sigma=sigma)(key, x), x)
     assert augment.from_config(_augment_config(elastic_sigma=sigma)) is None
@@ -193,13 +203,6 @@ def test_an_augmented_run_resumes_to_the_straight_runs_bits(tmp_path, idx_dir):
     results = train_results(config, tmp_path / "resumed")
     assert results["resumed_from_step"] == 20
     assert same_params(tmp_path / "straight", tmp_path / "resumed")
-
-
-def _np_shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    square, out = x.reshape(-1, 28, 28), np.zeros((len(x), 28, 28), x.dtype)
-    rows, cols = slice(max(dy, 0), 28 + min(dy, 0)), slice(max(dx, 0), 28 + min(dx, 0))
-    out[:, rows, cols] = square[:, max(-dy, 0) : 28 - max(dy, 0), max(-dx, 0) : 28 - max(dx, 0)]
-    return out.reshape(x.shape)
 
 
 def test_test_time_shifts_are_recorded_and_equal_the_averaged_prediction(tmp_path, idx_dir):
