@@ -149,6 +149,12 @@ def tta_shifts(pixels: int) -> tuple[tuple[int, int], ...]:
     return ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s))
 
 
+def tta_record(pixels: int, scored: dict[str, Any]) -> dict[str, Any]:
+    """results.json's (and eval_results.json's) `tta`: the shift, its copies, and the scores
+    of each split (`scored`) with them."""
+    return {"shift": pixels, "copies": [list(c) for c in tta_shifts(pixels)], **scored}
+
+
 def tta_logits(
     apply: Callable[[jax.Array], jax.Array], images: jax.Array, pixels: int
 ) -> jax.Array:

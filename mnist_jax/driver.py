@@ -243,14 +243,12 @@ class _Group:
         softmax averaged over `augment.tta_shifts(config.augment.tta_shift)`."""
         shift = m.config.augment.tta_shift
         fn = jax.jit(functools.partial(step_lib.eval_sums, model=self.model, tta_shift=shift))
-        copies = [list(c) for c in augment_lib.tta_shifts(shift)]
-        out: dict[str, Any] = {"shift": shift, "copies": copies}
         splits = {"validation": self.splits[m.config.seed]["validation"], "test": self.test}
         t = time.time()
-        for name, split in splits.items():
-            if split.size:
-                sums = jax.device_get(fn(params, split.images, split.labels, split.size))
-                out[name] = scores.scalars(sums)
+        out = augment_lib.tta_record(shift, {
+            name: scores.scalars(jax.device_get(fn(params, s.images, s.labels, s.size)))
+            for name, s in splits.items() if s.size
+        })  # fmt: skip
         self.timing.eval_s += time.time() - t
         if "test" in out:
             logging.info("%stest-time shifts of %d px: test accuracy %.2f%% (without: %.2f%%)",

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from mnist_jax import (
+    augment,
     checkpoint,
     config as config_lib,
     data as data_lib,
@@ -134,11 +135,14 @@ def class_names(data_config: Any, num_classes: int) -> tuple[str, ...]:
     return names
 
 
-def split_sums(model: Any, params: Any, split: data_lib.Split, batch: int) -> dict[str, Any]:
-    """`step.eval_sums` of a whole split (numpy), on the devices, `batch` examples at a time."""
+def split_sums(
+    model: Any, params: Any, split: data_lib.Split, batch: int, tta_shift: int = 0
+) -> dict[str, Any]:
+    """`step.eval_sums` of a whole split (numpy), on the devices, `batch` examples at a time
+    (`tta_shift` > 0: with test-time shifts)."""
     placed = Placement().put_eval(split, batch)
     return jax.device_get(
-        jax.jit(functools.partial(step_lib.eval_sums, model=model))(
+        jax.jit(functools.partial(step_lib.eval_sums, model=model, tta_shift=tta_shift))(
             params, placed.images, placed.labels, placed.size
         )
     )
@@ -199,6 +203,10 @@ def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
         "data_source": source,
         "data_location": location,
     }
+    shift = config.augment.tta_shift
+    if shift:  # As the run's final evaluation: results.json's `tta`, for the test split.
+        tta = split_sums(model, params, test, config.eval_batch_size, shift)
+        result["tta"] = augment.tta_record(shift, {"test": scores.scalars(tta)})
     t = result["test"]
     print(
         f"test accuracy {100 * t['accuracy']:.2f}% log_loss {t['log_loss']:.4f} "

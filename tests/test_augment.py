@@ -222,4 +222,7 @@ def test_test_time_shifts_are_recorded_and_equal_the_averaged_prediction(tmp_pat
     np.testing.assert_allclose(tta["test"]["log_loss"], log_loss, rtol=1e-5)
     plain = evaluate.predict_probs(model, params, test.images)
     assert results["final"]["test"]["accuracy"] == np.mean(plain.argmax(1) == test.labels)
+    # --mode=eval scores the checkpoint with the run's shift, the same way.
+    evaluated = evaluate.evaluate_workdir(tmp_path / "run")["tta"]
+    assert evaluated == {k: tta[k] for k in ("shift", "copies", "test")}
     assert "tta" not in train_results(small_config(idx_dir, "linear"), tmp_path / "off")
