@@ -4,7 +4,7 @@
     python benchmarks/augment_cost.py --quick         # CI: tiny sizes, checks that it runs
 
 For each model (configs/fast_mlp.py: MLP 784-512-10, batch 200; configs/fast_cnn.py: the CNN,
-batch 100) and each augmentation (off, shift, affine, elastic, all), it times the program the
+batch 128) and each augmentation (off, shift, affine, elastic, all), it times the program the
 run driver calls (`step.chunk_program`, `augment.from_config` as the driver builds it) over
 device-resident random uint8 data of MNIST's shape, and the transform alone on one batch.
 Prints one JSON line per (model, augmentation): ms per step, its ratio to the same model with
