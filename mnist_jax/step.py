@@ -214,7 +214,13 @@ def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Ar
 
 
 def chunk_program(
-    model, tx, batch_size: int, placement: Placement, vectorize: str, members: int, augment=None
+    model,
+    tx,
+    batch_size: int,
+    placement: Placement,
+    vectorize: str,
+    members: int,
+    augment: augment_lib.Augment | None = None,
 ):
     """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
     `(states, stats)` with a leading member axis on states, rows and stats; states donated.
