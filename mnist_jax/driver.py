@@ -40,6 +40,7 @@ from mnist_jax import (
     config as config_lib,
     data as data_lib,
     distributed,
+    evaluate,
     metrics,
     models,
     optim,
@@ -239,20 +240,14 @@ class _Group:
         return sums
 
     def _tta(self, params: Any, m: Member, final: dict[str, Any]) -> dict[str, Any]:
-        """The final validation and test scores with test-time augmentation: each example's
-        softmax averaged over `augment.tta_shifts(config.augment.tta_shift)`."""
-        shift = m.config.augment.tta_shift
-        fn = jax.jit(functools.partial(step_lib.eval_sums, model=self.model, tta_shift=shift))
+        """The final validation and test scores with test-time shifts (`augment.tta_shift`)."""
         splits = {"validation": self.splits[m.config.seed]["validation"], "test": self.test}
         t = time.time()
-        out = augment_lib.tta_record(shift, {
-            name: scores.scalars(jax.device_get(fn(params, s.images, s.labels, s.size)))
-            for name, s in splits.items() if s.size
-        })  # fmt: skip
+        out = evaluate.tta_scores(self.model, params, splits, m.config.augment.tta_shift)
         self.timing.eval_s += time.time() - t
         if "test" in out:
             logging.info("%stest-time shifts of %d px: test accuracy %.2f%% (without: %.2f%%)",
-                         _tag(m), shift, 100 * out["test"]["accuracy"],
+                         _tag(m), out["shift"], 100 * out["test"]["accuracy"],
                          100 * final["test"]["accuracy"])  # fmt: skip
         return out
 
