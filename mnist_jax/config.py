@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = frozenset(
         "data.dir",
         "data.train_file",
         "data.test_file",
+        "augment.tta_shift",
     }
 )
 
@@ -102,6 +103,9 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
     from mnist_jax import models
 
     models.validate_model_config(m)  # The cnn's own rules live with the model.
+    from mnist_jax import augment
+
+    augment.validate_config(c.augment)
     if o.name == "adagrad" and o.initial_accumulator_value == 0 and o.eps == 0:
         raise UserError(
             "config.optimizer.initial_accumulator_value=0.0: adagrad divides by zero unless "

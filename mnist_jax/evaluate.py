@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from mnist_jax import (
+    augment,
     checkpoint,
     config as config_lib,
     data as data_lib,
@@ -30,7 +31,7 @@ from mnist_jax import (
 from mnist_jax.errors import UserError
 from mnist_jax.inputs import check_dir
 from mnist_jax.rundir import EVAL_RESULTS, HOLDER, RunDir
-from mnist_jax.sharding import Placement
+from mnist_jax.sharding import EvalSplit, Placement
 
 
 def restore_model(
@@ -148,6 +149,18 @@ def class_names(data_config: Any, num_classes: int) -> tuple[str, ...]:
     return names
 
 
+def tta_scores(
+    model: Any, variables: Any, splits: dict[str, EvalSplit], shift: int
+) -> dict[str, Any]:
+    """results.json's (and eval_results.json's) `tta`: the scores of each non-empty split
+    (on the devices) with each example's softmax averaged over `augment.tta_shifts(shift)`."""
+    fn = jax.jit(functools.partial(step_lib.eval_sums, model=model, tta_shift=shift))
+    return augment.tta_record(shift, {
+        name: scores.scalars(jax.device_get(fn(variables, s.images, s.labels, s.size)))
+        for name, s in splits.items() if s.size
+    })  # fmt: skip
+
+
 def split_sums(model: Any, variables: Any, split: data_lib.Split, batch: int) -> dict[str, Any]:
     """`step.eval_sums` of a whole split (numpy), on the devices, `batch` examples at a time."""
     placed = Placement().put_eval(split, batch)
@@ -214,6 +227,9 @@ def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
         "data_source": source,
         "data_location": location,
     }
+    if config.augment.tta_shift:  # As the run's final evaluation, for the test split.
+        placed = {"test": Placement().put_eval(test, config.eval_batch_size)}
+        result["tta"] = tta_scores(model, variables, placed, config.augment.tta_shift)
     t = result["test"]
     print(
         f"test accuracy {100 * t['accuracy']:.2f}% log_loss {t['log_loss']:.4f} "

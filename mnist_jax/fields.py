@@ -282,6 +282,44 @@ FIELDS: tuple[FieldSpec, ...] = (
         "warmup_cosine, linear: end rate / peak rate.",
     ),
     F(
+        "augment.max_shift",
+        0,
+        Int(0, 27),
+        "Training: shift each image by a random whole number of pixels up to this in x and y "
+        "(zero fill); 0: off.",
+    ),
+    F(
+        "augment.max_rotation",
+        0.0,
+        Float(0, 180),
+        "Training: rotate each image about its centre by a random angle up to this (degrees).",
+    ),
+    F(
+        "augment.max_scale",
+        0.0,
+        Float(0, 1, hi_open=True),
+        "Training: scale each image by a random factor in [1 - this, 1 + this].",
+    ),
+    F(
+        "augment.elastic_alpha",
+        0.0,
+        Float(0),
+        "Training: elastic distortion (Simard et al. 2003) strength in pixels (they use 34).",
+    ),
+    F(
+        "augment.elastic_sigma",
+        0.0,
+        Float(0),
+        "Training: smoothness of the elastic field, a Gaussian's std in pixels (Simard: 4).",
+    ),
+    F(
+        "augment.tta_shift",
+        0,
+        Int(0, 27),
+        "Final evaluation: also score the mean softmax of each image and 4 copies shifted this "
+        "many pixels (results.json 'tta'); 0: off.",
+    ),
+    F(
         "data.source",
         "auto",
         Choice(_sources),

@@ -20,8 +20,10 @@ import numpy as np
 from absl import logging
 
 from mnist_jax import (
+    augment as augment_lib,
     checkpoint as ckpt_lib,
     data as data_lib,
+    evaluate,
     metrics,
     models,
     optim,
@@ -123,8 +125,9 @@ class Group:
         """The one chunk program of this group (its compile time counted in `timing`)."""
         tx = optim.make_optimizer(self.config.optimizer, self.plan.num_steps)
         fn = step_lib.chunk_program(
-            self.model, tx, self.config.batch_size, self.p, vectorize, self.K
-        )
+            self.model, tx, self.config.batch_size, self.p, vectorize, self.K,
+            augment_lib.from_config(self.config.augment),
+        )  # fmt: skip
         t = time.time()
         compiled = fn.lower(self.state, self.images, self.labels, self.rows, 0, 0).compile()
         self.timing.compile_s += time.time() - t
@@ -252,9 +255,24 @@ def final_outcomes(g: Group) -> list[Outcome]:
         results = metrics.summarize(m.config, ds, g.plan, state, final, g.timing, g.steps)
         results["sweep_group_size"] = g.K
         results["resumed_from_step"] = g.start or None
+        if m.config.augment.tta_shift:
+            results["tta"] = _tta(g, v, m, results["final"])
         m.rundir.write_json("results.json", results)
         g.writers[k].final(m.config, results)
         out.append(Outcome(m, results, state.params, ds, g.model, state.model_state))
+    return out
+
+
+def _tta(g: Group, variables: Any, m: Member, final: dict[str, Any]) -> dict[str, Any]:
+    """The final validation and test scores with test-time shifts (`augment.tta_shift`)."""
+    splits = {"validation": g.splits[m.config.seed]["validation"], "test": g.test}
+    t = time.time()
+    out = evaluate.tta_scores(g.model, variables, splits, m.config.augment.tta_shift)
+    g.timing.eval_s += time.time() - t
+    if "test" in out:
+        logging.info("%stest-time shifts of %d px: test accuracy %.2f%% (without: %.2f%%)",
+                     m.tag, out["shift"], 100 * out["test"]["accuracy"],
+                     100 * final["test"]["accuracy"])  # fmt: skip
     return out
 
 

@@ -7,6 +7,8 @@ Nothing here touches the host, the disk or global state, so `jax.jit`, `lax.map`
   calls, on resumption, or on the device count. A module's collections besides `params`
   (BatchNorm's `batch_stats`) are `state.model_state`: mutable in training (train=True), read
   as they are (running averages) by `eval_sums` and `predict_probs` (train=False).
+  Augmentation (`augment.Augment`, None: off and absent from the program) transforms the
+  uint8 batch first, keyed the same way.
 - `train_chunk` runs any number of steps in one `lax.fori_loop`; the trip count is an argument,
   so one compiled program serves every chunk length.
 - `eval_sums` scans a split padded to whole batches and masks the padding, so every example
@@ -26,16 +28,17 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mnist_jax import data as data_lib, scores, shuffle
+from mnist_jax import augment as augment_lib, data as data_lib, scores, shuffle
 from mnist_jax.errors import UserError
 from mnist_jax.sharding import Placement
 
 # Independent PRNG streams, all derived from config.seed.
 INIT, DROPOUT, SHUFFLE, SPLIT = range(4)
+AUGMENT = 4
 
 
 def rng_stream(seed: int | jax.Array, stream: int) -> jax.Array:
-    """The key of one named stream (INIT, DROPOUT, SHUFFLE, SPLIT) of a run's seed."""
+    """The key of one named stream (INIT, DROPOUT, SHUFFLE, SPLIT, AUGMENT) of a run's seed."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
@@ -100,8 +103,13 @@ def train_step(
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
+    augment: augment_lib.Augment | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer step on the batch-mean softmax cross-entropy; returns (state, loss)."""
+    if augment is not None:
+        images = augment(
+            jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT), state.step), images
+        )
     dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT), state.step)
 
     def loss_fn(params):
@@ -133,6 +141,7 @@ def train_chunk(
     batch_size: int,
     batch_sharding: NamedSharding | None = None,
     permutation: Callable[[jax.Array, int], jax.Array] = shuffle.epoch_permutation,
+    augment: augment_lib.Augment | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Runs steps `first_step` (== state.step) .. `first_step + num_steps - 1`.
 
@@ -143,7 +152,7 @@ def train_chunk(
     rows; the inner loop takes consecutive batches of them. `first_step` is passed apart from
     `state.step` so that the loop bounds stay unbatched when a sweep vmaps the state. Returns
     the state and the chunk's statistics: the first non-finite loss's step (-1: none);
-    `state.loss_sum` adds up the batch losses.
+    `state.loss_sum` adds up the batch losses. `augment` goes to every `train_step`.
     """
     num_train = rows.shape[0]
     spe, end = num_train // batch_size, first_step + num_steps
@@ -156,7 +165,7 @@ def train_chunk(
         )
         lo = jnp.maximum(first_step, epoch * spe)
         hi = jnp.minimum(end, (epoch + 1) * spe)
-        return _run_steps(carry, batches, lo, hi, model=model, tx=tx)
+        return _run_steps(carry, batches, lo, hi, model=model, tx=tx, augment=augment)
 
     first_epoch = first_step // spe
     last_epoch = jnp.where(num_steps > 0, (end - 1) // spe + 1, first_epoch)
@@ -165,7 +174,8 @@ def train_chunk(
     return state.replace(loss_sum=loss_sum), {"nonfinite_step": bad_step}
 
 
-def _run_steps(carry: tuple, batches: tuple, lo: jax.Array, hi: jax.Array, *, model, tx):
+def _run_steps(carry: tuple, batches: tuple, lo: jax.Array, hi: jax.Array, *, model, tx,
+               augment: augment_lib.Augment | None = None):  # fmt: skip
     """Steps `lo` .. `hi - 1` on an epoch's batches (step s takes batch s % steps); `carry`
     is (state, loss sum, first non-finite loss's step or -1)."""
     epoch_images, epoch_labels = batches
@@ -175,7 +185,7 @@ def _run_steps(carry: tuple, batches: tuple, lo: jax.Array, hi: jax.Array, *, mo
         state, loss_sum, bad_step = carry
         x = jax.lax.dynamic_index_in_dim(epoch_images, step % spe, keepdims=False)
         y = jax.lax.dynamic_index_in_dim(epoch_labels, step % spe, keepdims=False)
-        state, loss = train_step(state, x, y, model=model, tx=tx)
+        state, loss = train_step(state, x, y, model=model, tx=tx, augment=augment)
         bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), step, bad_step)
         return state, loss_sum + loss, bad_step
 
@@ -201,19 +211,30 @@ def _epoch_batches(
 
 
 def eval_sums(
-    variables: Any, images: jax.Array, labels: jax.Array, size: jax.Array, *, model: nn.Module
+    variables: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    size: jax.Array,
+    *,
+    model: nn.Module,
+    tta_shift: int = 0,
 ) -> dict[str, jax.Array]:
     """Summed log-loss, correct count, confusion matrix and calibration bins (example count,
     summed top-class confidence and correct count per `scores.CALIBRATION_BINS` equal-width
     confidence bin) over the first `size` examples of a split padded to whole batches: images
-    (batches, batch, 784), labels (batches, batch). `scores` turns them into metrics."""
+    (batches, batch, 784), labels (batches, batch). `scores` turns them into metrics.
+    `tta_shift` > 0 scores the mean softmax of each image and 4 copies shifted that many
+    pixels (`augment.tta_logits`)."""
     num_batches, batch = labels.shape
     valid = (jnp.arange(num_batches * batch) < size).reshape(num_batches, batch)
     bins = scores.CALIBRATION_BINS
 
+    def apply(x):
+        return model.apply(variables, scale_images(x), train=False)
+
     def body(totals, xs):
         x, y, w = xs
-        logits = model.apply(variables, scale_images(x), train=False)
+        logits = augment_lib.tta_logits(apply, x, tta_shift)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         pred = jnp.argmax(logits, -1)
         right = w & (pred == y)
@@ -242,12 +263,21 @@ def predict_probs(variables: Any, images: jax.Array, *, model: nn.Module) -> jax
     return jax.nn.softmax(model.apply(variables, scale_images(images), train=False))
 
 
-def chunk_program(model, tx, batch_size: int, placement: Placement, vectorize: str, members: int):
+def chunk_program(
+    model,
+    tx,
+    batch_size: int,
+    placement: Placement,
+    vectorize: str,
+    members: int,
+    augment: augment_lib.Augment | None = None,
+):
     """The jitted program every run calls: `(states, images, labels, rows, first, n)` ->
     `(states, stats)` with a leading member axis on states, rows and stats; states donated.
-    With member groups (`Placement.for_members`) states and rows are split over them."""
+    With member groups (`Placement.for_members`) states and rows are split over them.
+    `augment`: the training transforms (`augment.from_config`; None: off)."""
     chunk = functools.partial(train_chunk, model=model, tx=tx, batch_size=batch_size,
-                              batch_sharding=placement.batch)  # fmt: skip
+                              batch_sharding=placement.batch, augment=augment)  # fmt: skip
     fn = member_axis(chunk, vectorize, members, placement.member_groups)
     if placement.member_groups == 1:
         return jax.jit(fn, donate_argnums=0)

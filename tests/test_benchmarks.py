@@ -90,3 +90,13 @@ def test_conv_forms_quick_mode_times_both_forms_both_ways():
     forms = {(r["conv_impl"], r["mode"]) for r in rows}
     assert forms == {(f, m) for f in ("slices", "native") for m in ("train", "forward")}
     assert all(r["examples_per_sec"] > 0 for r in rows)
+
+
+def test_augment_cost_quick_mode_times_every_augmentation_against_off():
+    proc = run_benchmark("benchmarks/augment_cost.py", "--quick", "--cases=fast_mlp")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["augment"] for r in rows] == ["off", "shift", "affine", "elastic", "all"]
+    assert all(r["ms_per_step"] > 0 for r in rows) and rows[0]["ratio_to_off"] == 1.0
+    for r in rows:
+        assert abs(r["ratio_to_off"] - r["ms_per_step"] / rows[0]["ms_per_step"]) < 0.01
+        assert (r["transform_alone_ms"] > 0) == (r["augment"] != "off")
