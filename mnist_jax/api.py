@@ -97,7 +97,7 @@ class Run:
 
     @property
     def variables(self) -> dict[str, Any]:
-        """What `model.apply` takes: {"params": ..., **model_state}."""
+        """What a Linen `apply` takes: {"params": ..., **model_state}."""
         return {"params": self.params, **self.model_state}
 
     @property

@@ -38,7 +38,7 @@ def restore_model(
     workdir: str | os.PathLike, step: int | None = None, model: Any = None
 ) -> tuple[Any, Any, ml_collections.ConfigDict]:
     """(model, variables, config) of a run's latest (or `step`'s) checkpoint; variables are
-    what `model.apply` takes: {"params": ..., **model_state}. `model`: the Linen module the
+    what a Linen `apply` takes: {"params": ..., **model_state}. `model`: the Linen module the
     run trained instead of the one its config names (checked against the checkpoint). Reads
     only, and
     reads a consistent snapshot of a run that is training: a checkpoint that the trainer

@@ -264,7 +264,7 @@ def final_outcomes(g: Group) -> list[Outcome]:
 
 
 def _tta(g: Group, variables: Any, m: Member, final: dict[str, Any]) -> dict[str, Any]:
-    """The final validation and test scores with test-time shifts (`augment.tta_shift`)."""
+    """The final validation and test scores with test-time shifts (`config.augment.tta_shift`)."""
     splits = {"validation": g.splits[m.config.seed]["validation"], "test": g.test}
     t = time.time()
     out = evaluate.tta_scores(g.model, variables, splits, m.config.augment.tta_shift)

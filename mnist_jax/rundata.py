@@ -1,4 +1,4 @@
-"""A reader of a finished run (eval, plot, `Run.evaluate`) scores the run's own data, or says
+"""A reader of a finished run (eval, plot, `Run.test_split`) scores the run's own data, or says
 that it is not there.
 
 - The data set (`data.name`) is the run's own: a model's class i is its data set's class i, so

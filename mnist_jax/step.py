@@ -87,7 +87,7 @@ def init_state(
 
 
 def variables_of(state: TrainState) -> dict[str, Any]:
-    """What `model.apply` takes: {"params": ..., **model_state}."""
+    """What a Linen `apply` takes: {"params": ..., **model_state}."""
     return {"params": state.params, **state.model_state}
 
 
