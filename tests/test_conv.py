@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mnist_jax import conv
+from mnist_jax import conv, models
 
 # float32 sums in a different order: agreement to a few ulps of the values' scale.
 RTOL, ATOL = 1e-5, 1e-5
@@ -70,12 +70,31 @@ def test_vjp_backward_has_no_transposed_convolution():
     module = conv.Conv(4, 5, "vjp")
     x = jnp.ones((2, 8, 8, 3))
     params = module.init(jax.random.PRNGKey(0), x)["params"]
-    grad = jax.grad(lambda p, x: jnp.sum(module.apply({"params": p}, x)), argnums=(0, 1))
-    hlo = jax.jit(grad).lower(params, x).as_text()
+    loss = lambda p, x: jnp.sum(module.apply({"params": p}, x) ** 2)  # noqa: E731
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
     convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
     assert len(convs) == 2  # The forward's and the input gradient's.
-    assert all("[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in line for line in convs)
-    assert all("lhs_dilate" not in line for line in convs)
+    for line in convs:
+        assert "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in line
+        assert "stride = [1, 1]" in line and "lhs_dilate = [1, 1]" in line
+        assert "reverse = [false, false]" in line
+
+
+def test_the_cnn_trains_with_the_vjp_form_as_with_nn_conv():
+    """config.model.conv_impl=vjp: same parameters, logits and gradients as native."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 784))
+    native, vjp = (models.CNN((4, 6), (8,), conv_impl=impl) for impl in ("native", "vjp"))
+    params = native.init(jax.random.PRNGKey(1), x)["params"]
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+        vjp.init(jax.random.PRNGKey(1), x)["params"]
+    )
+
+    def grads(model):
+        loss = lambda p: jnp.sum(model.apply({"params": p}, x, train=True) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)  # noqa: E731
+    jax.tree_util.tree_map(close, grads(native), grads(vjp))
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
