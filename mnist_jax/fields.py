@@ -244,7 +244,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "model.conv_impl",
         "auto",
         Choice(lambda: CONV_IMPLS),
-        "cnn: native | slices | auto (slices on CPU, native elsewhere).",
+        "cnn: native | slices | vjp | auto (slices on CPU, native elsewhere).",
     ),
     F("optimizer.name", "adagrad", Choice(_optimizers), "The update rule."),
     F(
@@ -360,5 +360,5 @@ FIELDS: tuple[FieldSpec, ...] = (
         "auto falling back to the sample: train at most this many epochs (0: no cap).",
     ),
 )
-CONV_IMPLS = ("native", "slices", "auto")
+CONV_IMPLS = ("native", "slices", "vjp", "auto")
 VALIDATION_SPLITS = ("random", "last")

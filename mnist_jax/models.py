@@ -14,10 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax import conv as conv_forms
 from mnist_jax.errors import UserError
 
 MODELS = ("linear", "mlp", "cnn")
-CONV_IMPLS = ("native", "slices", "auto")
+CONV_IMPLS = ("native", "slices", "vjp", "auto")
 KERNEL_SIZE = 5  # Every conv is 5x5, stride 1, SAME padding, then a 2x2 max-pool.
 MAX_CONV_LAYERS = 2  # 28 -> 14 -> 7: a third 2x2 pool would not divide 7.
 KERNEL_INITS = {
@@ -91,10 +92,11 @@ class CNN(nn.Module):
     """5x5 SAME conv -> ReLU -> 2x2 max-pool per `conv_features`, then ReLU dense layers (with
     dropout) and the classifier. Takes flat (n, 784) float images.
 
-    `conv_impl` (native: nn.Conv, or slices: SliceConv; the same function of the same parameter
-    tree) picks the form for training, where the gradient is taken. Inference (train=False)
-    always uses nn.Conv: its forward is as fast or faster on every backend (4x on XLA:CPU,
-    benchmarks/conv_forms.py) and does not hold 25 copies of each conv's input.
+    `conv_impl` (native: nn.Conv, slices: SliceConv, or vjp: conv.Conv's custom_vjp form; the
+    same function of the same parameter tree) picks the form for training, where the gradient
+    is taken. Inference (train=False) always uses nn.Conv: its forward is as fast or faster on
+    every backend (4x on XLA:CPU, benchmarks/conv_forms.py) and does not hold 25 copies of each
+    conv's input.
     """
 
     conv_features: Sequence[int] = (32, 64)
@@ -114,6 +116,8 @@ class CNN(nn.Module):
                 conv = nn.Conv(
                     features, (KERNEL_SIZE,) * 2, padding="SAME", kernel_init=init, name=f"Conv_{i}"
                 )
+            elif self.conv_impl == "vjp":  # mnist_jax/conv.py: canonical conv, matmul backward.
+                conv = conv_forms.Conv(features, KERNEL_SIZE, "vjp", init, name=f"Conv_{i}")
             else:
                 conv = SliceConv(features, kernel_init=init, name=f"Conv_{i}")
             x = nn.max_pool(nn.relu(conv(x)), (2, 2), strides=(2, 2))

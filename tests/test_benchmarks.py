@@ -100,3 +100,22 @@ def test_augment_cost_quick_mode_times_every_augmentation_against_off():
     for r in rows:
         assert abs(r["ratio_to_off"] - r["ms_per_step"] / rows[0]["ms_per_step"]) < 0.01
         assert (r["transform_alone_ms"] > 0) == (r["augment"] != "off")
+
+
+def test_cnn_speed_quick_mode_times_every_form_against_the_ceiling():
+    proc = run_benchmark("benchmarks/cnn_speed.py", "--quick")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows[0]["case"] == "matmul_ceiling" and rows[0]["gflops"] > 0
+    assert {r["form"] for r in rows[1:]} == {"native", "slices", "vjp"}
+    assert all(r["examples_per_sec"] > 0 and r["ratio_to_matmul_ceiling"] > 0 for r in rows[1:])
+
+
+def test_cnn_speed_refuses_an_unknown_xla_setting_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/cnn_speed.py", "--xla_settings=fastest"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and proc.stderr.startswith("error: --xla_settings: 'fastest'")

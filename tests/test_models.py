@@ -159,7 +159,11 @@ def test_conv_features_are_one_or_two_positive_ints(conv_features):
     [
         ("rnn", {}, r"config\.model\.name='rnn': choose one of linear, mlp, cnn"),
         ("mlp", {"kernel_init": "ones"}, r"config\.model\.kernel_init='ones'"),
-        ("cnn", {"conv_impl": "slice"}, r"conv_impl='slice': choose one of native, slices, auto"),
+        (
+            "cnn",
+            {"conv_impl": "slice"},
+            r"conv_impl='slice': choose one of native, slices, vjp, auto",
+        ),
         ("mlp", {"conv_impl": "Native"}, r"conv_impl='Native'"),
         ("cnn", {"kernel_init": "zeros"}, r"kernel_init='zeros': a CNN from zero weights"),
         ("cnn", {"hidden_units": (8, 0)}, r"hidden_units=\(8, 0\)"),
