@@ -63,6 +63,7 @@ class Member:
     rundir: RunDir
     name: str = ""
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Any = None  # A module from mj.train(model=...) that config.model cannot rebuild.
 
 
 @dataclasses.dataclass
@@ -87,14 +88,14 @@ def run(
     t0: float | None = None,
     placement: Placement | None = None,
 ) -> list[Outcome]:
-    """Trains `members` (configs that differ only in `sweep.VMAPPED` fields) as one program;
+    """Trains `members` (configs that differ only in per_member fields) as one program;
     each resumes from its own latest checkpoint. Returns one Outcome per member."""
     timing = Timing(time.time() if t0 is None else t0)
     timing.startup_s = time.time() - timing.t0
     for m in members:
         config_lib.validate(m.config)
         # Data paths as absolute ones: config.json names the data whatever the reader's cwd.
-        m.config = config_lib.with_absolute_data_paths(m.config)
+        m.config, m.model = config_lib.as_recorded(m.config, m.model)
         m.rundir.check_writable()
         m.rundir.check_kind("run")
         if not m.name and (m.rundir.path.parent / SWEEP).exists():
@@ -120,7 +121,7 @@ def run(
     plan = make_plan(first, num_train, max_epochs=cap)
     # What the steps are computed over; a resume must match it (resume.check_same_steps).
     record = {"num_steps": plan.num_steps, "data": data_lib.fingerprint(train_full, test, source)}
-    model = models.create_model(first.model, datasets[first.seed].num_classes)
+    model = models.create_model(first.model, datasets[first.seed].num_classes, members[0].model)
     txs = [optim.make_optimizer(m.config.optimizer, plan.num_steps) for m in members]
     placement = placement or Placement()
     placement.check_batch(first.batch_size, num_train)

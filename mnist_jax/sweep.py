@@ -5,9 +5,10 @@
 
 The members are the cartesian product of the --sweep values (or of the config's own `sweep`
 tuple, as in configs/linear_sweep.py). Fields that leave every array shape alone (learning
-rate, clip norm, weight decay, seed) live in the train state: a group of members that differ
-only in them trains as one jitted program over a leading member axis (`vmap` on accelerators,
-`lax.map` on CPU, see `step.member_axis`), `--max_parallel` members at a time. Any other field
+rate, clip norm, weight decay, seed: `per_member` in the field table) live in the train
+state: a group of members that differ only in them trains as one jitted program over a
+leading member axis (`vmap` on accelerators, `lax.map` on CPU, see `step.member_axis`),
+`--max_parallel` members at a time. Any other field
 (hidden units, batch size, num_steps, dropout rate, ...) starts a new group. Every member
 writes what a single run writes into <workdir>/<member>/ and equals that single run to the bit
 on CPU (tests/test_sweep.py). On several devices a group's members are split over them
@@ -42,15 +43,12 @@ from mnist_jax import cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import TABLES_LOCK, RunDir
 
-# Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
-VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
-
 
 def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list[Any]:
     """'0.1,0.3' -> [0.1, 0.3]; '(64,),(128,)' -> [(64,), (128,)]; 'sgd,adam' -> names.
     Values take the type of the base config's field."""
     try:
-        current = _get(base, field)
+        current = config_lib.field_value(base, field)
     except (KeyError, AttributeError):
         raise UserError(f"--sweep {field}: the config has no field {field!r}") from None
     if any(not v.strip() for v in text.split(",")):  # literal_eval would drop "0.1,"'s end.
@@ -118,24 +116,11 @@ def members(
             if "sweep" in c:
                 del c["sweep"]
         for field, value in overrides.items():
-            _set(c, field, value)
+            config_lib.set_field(c, field, value)
         config_lib.validate(c)
         name = _name(overrides)
         out.append(driver.Member(c, RunDir(Path(workdir) / name), name, overrides))
     return out
-
-
-def _get(c: ml_collections.ConfigDict, field: str) -> Any:
-    for part in field.split("."):
-        c = c[part]
-    return c
-
-
-def _set(c: ml_collections.ConfigDict, field: str, value: Any) -> None:
-    *path, last = field.split(".")
-    for part in path:
-        c = c[part]
-    c[last] = value
 
 
 def _name(overrides: dict[str, Any]) -> str:
@@ -144,13 +129,13 @@ def _name(overrides: dict[str, Any]) -> str:
 
 
 def group_key(config: ml_collections.ConfigDict) -> str:
-    """Members with equal keys can share one vmapped program."""
+    """Members with equal keys can share one vmapped program: they differ only in fields the
+    field table marks per_member, and agree on what of those fixes the optimizer's structure."""
     flat = config_lib.flatten(config_lib.to_dict(config))
-    for field in VMAPPED:
-        flat.pop(field)
-    # Whether clipping / weight decay are on changes the optimizer's structure.
-    flat["clip"] = config.optimizer.clip_norm > 0
-    flat["decay"] = config.optimizer.weight_decay > 0
+    for field in config_lib.PER_MEMBER_FIELDS:
+        value = flat.pop(field)
+        if field in config_lib.STRUCTURE:
+            flat[f"{field} structure"] = config_lib.STRUCTURE[field](value)
     return repr(sorted(flat.items()))
 
 
