@@ -32,7 +32,7 @@ MAX_FILE_BYTES = 16 << 20
 _QUAL = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _MODULE_SPEC = re.compile(rf"(?P<target>{_QUAL}):(?P<qual>{_QUAL})")
 _FILE_SPEC = re.compile(rf"(?P<target>.+\.py):(?P<qual>{_QUAL})")
-_GIVEN = re.compile(rf"<(?P<qual>{_QUAL})>")
+_GIVEN = re.compile(r"<(?P<qual>[\w.]+(?:<locals>[\w.]+)*)>")  # <module.QualName>
 SPEC_HELP = "path/to/file.py:ClassName or package.module:ClassName"
 
 
@@ -170,7 +170,7 @@ def build(
     if unknown:
         raise UserError(
             f"config.model.kwargs: {unknown[0]!r} is not a field of {name} "
-            f"(its fields: {', '.join(sorted(fields)) or 'none'})"
+            f"(its fields: {', '.join(sorted(fields - {'num_classes'})) or 'none'})"
         )
     classes = {"num_classes": num_classes} if "num_classes" in fields else {}
     try:
