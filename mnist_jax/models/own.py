@@ -98,21 +98,27 @@ def load_class(name: str, sha256: str = "") -> type[nn.Module]:
             f"module and train with model.name={SPEC_HELP}"
         )
     module = _load_file(name, spec.target, sha256) if spec.kind == "file" else _import(name, spec)
-    obj: Any = module
-    for part in spec.qual.split("."):
-        if not hasattr(obj, part):
-            classes = [k for k, v in vars(module).items() if isinstance(v, type)]
-            where = spec.target if spec.kind == "file" else f"module {spec.target}"
-            raise UserError(
-                f"config.model.name={name!r}: {where} has no {spec.qual}"
-                + (did_you_mean(spec.qual, classes) or f" (classes there: {', '.join(classes)})")
-            )
-        obj = getattr(obj, part)
+    obj = _attribute(module, spec.qual)
+    if obj is None:
+        classes = [k for k, v in vars(module).items() if isinstance(v, type)]
+        where = spec.target if spec.kind == "file" else f"module {spec.target}"
+        raise UserError(
+            f"config.model.name={name!r}: {where} has no {spec.qual}"
+            + (did_you_mean(spec.qual, classes) or f" (classes there: {', '.join(classes)})")
+        )
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise UserError(
             f"config.model.name={name!r}: {spec.qual} is a {type(obj).__name__}, not a "
             "flax.linen.Module class"
         )
+    return obj
+
+
+def _attribute(module: Any, qual: str) -> Any:
+    """`module.a.b` for qual 'a.b', or None."""
+    obj = module
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
     return obj
 
 
@@ -214,9 +220,7 @@ def import_path(cls: type) -> str | None:
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return None
     try:
-        obj: Any = importlib.import_module(cls.__module__)
-        for part in cls.__qualname__.split("."):
-            obj = getattr(obj, part)
+        obj = _attribute(importlib.import_module(cls.__module__), cls.__qualname__)
     except Exception:
         return None
     return f"{cls.__module__}:{cls.__qualname__}" if obj is cls else None
