@@ -115,7 +115,7 @@ def predict_probs(model: Any, params: Any, images: np.ndarray, batch: int = 10_0
     """Class probabilities (n, classes) for uint8 images (n, 784)."""
     apply = jax.jit(functools.partial(step_lib.predict_probs, model=model))
     if len(images) == 0:
-        return np.zeros((0, model.num_classes), np.float32)
+        return np.zeros((0, models.num_classes(model)), np.float32)
     return np.concatenate(
         [np.asarray(apply(params, images[i : i + batch])) for i in range(0, len(images), batch)]
     )
@@ -195,7 +195,7 @@ def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
     sums = split_sums(model, params, test, config.eval_batch_size)
     result = {
         "test": scores.scalars(sums),
-        **scores.details(sums, class_names(data_config, model.num_classes)),
+        **scores.details(sums, class_names(data_config, models.num_classes(model))),
         "data_source": source,
         "data_location": location,
     }

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_jax import metrics, outputs, scores
+from mnist_jax import metrics, models, outputs, scores
 from mnist_jax.errors import UserError
 from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures etc.)
     FIGURES,
@@ -157,7 +157,7 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
     model, params, config = evaluate.restore_model(workdir)
     used = evaluate.run_data_config(rundir, data_overrides)
     test, source, location = data_lib.load_test(used)
-    names = evaluate.class_names(used, model.num_classes)
+    names = evaluate.class_names(used, models.num_classes(model))
     scored = f"{len(test):,} test examples of {source} ({location})"
     probs = evaluate.predict_probs(model, params, test.images)
     fresh = scores.rescored(evaluate.split_sums(model, params, test, config.eval_batch_size), names)

@@ -109,12 +109,10 @@ def test_mj_train_takes_an_importable_module_and_records_its_import_path(
 def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_path, idx_dir):
     import flax.linen as nn
 
-    class Local(nn.Module):
-        num_classes: int = 10
-
+    class Local(nn.Module):  # No num_classes field: its logits' width is the class count.
         @nn.compact
         def __call__(self, x, *, train: bool = False):
-            return nn.Dense(self.num_classes)(x)
+            return nn.Dense(10)(x)
 
     run = mj.train(_small(idx_dir), tmp_path / "run", model=Local)
     assert run.predict(np.zeros((2, 784), np.uint8)).shape == (2, 10)

@@ -3,7 +3,8 @@
 **The model contract** (the shipped models follow it; your own must): a `flax.linen.Module`
 called as `module(images, train=bool)`, where `images` are float32 (n, 784) in [0, 1] (a 28x28
 image flattened row by row; reshape inside the module), returning float logits
-(n, num_classes). If `num_classes` is one of its dataclass fields it is set from the data.
+(n, num_classes). If `num_classes` is one of its dataclass fields it is set from the data
+(else its logits' width must be the data's class count).
 `train` is True in the training step (dropout draws from the `dropout` rng) and False in
 evaluation. A module may declare mutable collections besides `params` (BatchNorm's
 `batch_stats`, with `use_running_average=not train`). Its other constructor fields keep their
@@ -133,6 +134,13 @@ def record(
     return model_config, given
 
 
+def num_classes(model: nn.Module) -> int:
+    """The model's class count: its `num_classes` field, or (your own model without one) the
+    width of its logits."""
+    n = getattr(model, "num_classes", None)
+    return int(n) if n is not None else int(own.output(model).shape[-1])
+
+
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter pytree."""
     return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
@@ -151,6 +159,7 @@ __all__ = [
     "check",
     "count_params",
     "create_model",
+    "num_classes",
     "record",
     "resolve_conv_impl",
 ]

@@ -187,16 +187,22 @@ def build(
     return module
 
 
-def check_output(name: str, module: nn.Module, num_classes: int) -> None:
-    """A UserError unless `module(images, train=False)` maps (2, 784) float images to (2,
-    num_classes) float logits (computed abstractly: no arrays are made)."""
+def output(module: nn.Module) -> Any:
+    """What `module(images, train=False)` returns for (2, 784) float images, as shapes and
+    dtypes (computed abstractly: no arrays are made)."""
     key = jax.random.PRNGKey(0)
     images = jax.ShapeDtypeStruct((2, NUM_PIXELS), jnp.float32)
+    out, _ = jax.eval_shape(
+        lambda x: module.init_with_output({"params": key, "dropout": key}, x, train=False), images
+    )
+    return out
+
+
+def check_output(name: str, module: nn.Module, num_classes: int) -> None:
+    """A UserError unless `module(images, train=False)` maps (2, 784) float images to (2,
+    num_classes) float logits."""
     try:
-        out, _ = jax.eval_shape(
-            lambda x: module.init_with_output({"params": key, "dropout": key}, x, train=False),
-            images,
-        )
+        out = output(module)
     except Exception as e:
         raise UserError(
             f"{name}: calling it as module(images, train=False) on (2, {NUM_PIXELS}) images "
