@@ -121,7 +121,7 @@ def Str() -> Rule:
 
 
 def Choice(options: Callable[[], Sequence[str]]) -> Rule:
-    """One of `options()` (a function, so that the model and optimizer tables load lazily)."""
+    """One of `options()` (a function, so that the optimizer and data tables load lazily)."""
 
     def check(v: Any) -> str | None:
         choices = list(options())
