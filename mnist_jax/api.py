@@ -194,26 +194,26 @@ def train(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     *,
+    model: Any = None,
     allow_config_change: bool = False,
     fallback_checkpoint: bool = False,
     progress: bool | None = None,
     t0: float | None = None,
-    model: Any = None,
 ) -> Run:
     """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates it on the
-    test set, writes results.json and, if `config.plots`, plots/ and report.md. Changes no
+    test set, writes results.json and, if `config.plots`, plots/ and report.md. `model`, a Linen
+    module class or instance following the contract in `mnist_jax.models`, replaces
+    config.model.name (recorded so that readers rebuild it, or say why not). Changes no
     process-wide setting (jax.config, signal handlers); on any way out, Ctrl-C included, the
-    workdir is unlocked and a later call resumes it. `model`: a Linen module to train instead
-    of the one config.model names (see `step.train_step` for the contract)."""
+    workdir is unlocked and a later call resumes it."""
     t0 = time.time() if t0 is None else t0
-    member = driver.Member(config, RunDir(workdir))
+    member = driver.Member(config, RunDir(workdir), model=model)
     (outcome,) = driver.run(
         [member],
         allow_config_change=allow_config_change,
         fallback_checkpoint=fallback_checkpoint,
         progress=progress,
         t0=t0,
-        model=model,
     )
     return finish(outcome, t0)
 

@@ -7,7 +7,7 @@ The base lives in the package (not in `configs/`) so that config files import it
 
 from __future__ import annotations
 
-import difflib
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -16,49 +16,38 @@ from typing import Any
 
 import ml_collections
 
-from mnist_jax.errors import UserError
-from mnist_jax.fields import CONV_IMPLS, FIELDS, INT32_MAX, VALIDATION_SPLITS
+from mnist_jax import augment, fields, models
+from mnist_jax.errors import UserError, did_you_mean
+from mnist_jax.fields import INT32_MAX, FieldSpec
 from mnist_jax.inputs import check_file
 
+
+def _join(base: tuple[FieldSpec, ...], model: tuple[FieldSpec, ...]) -> tuple[FieldSpec, ...]:
+    """The model's fields where the base's `model.*` group stood: before `optimizer.*`."""
+    at = next(i for i, f in enumerate(base) if f.name.startswith("optimizer."))
+    return (*base[:at], *model, *base[at:])
+
+
+# Every field: the base's and the model families' (each family owns its own).
+FIELDS: tuple[FieldSpec, ...] = _join(fields.FIELDS, models.FIELDS)
 # One line per field: the description `describe` and `--show_config` print.
 FIELD_DOCS: dict[str, str] = {f.name: f.doc for f in FIELDS}
 # Fields a config file may add beyond the base: `python -m mnist_jax.sweep` reads `sweep`.
 EXTRA_FIELDS = {"sweep": "Sweep specs 'field=v1,v2,...' (mnist_jax.sweep); a cartesian product."}
 
-# Fields that may differ when a run is resumed: they change how long or how observably a run
-# trains, not what a given step computes. Where they would (num_steps or num_epochs stretching a
-# non-constant schedule, data.* naming other data), resume.check_same_steps refuses the resume.
-RESUMABLE_FIELDS = frozenset(
-    {
-        "num_steps",
-        "num_epochs",
-        "num_periods",
-        "steps_per_call",
-        "eval_batch_size",
-        "checkpoint_every_steps",
-        "checkpoints_to_keep",
-        "tensorboard",
-        "profile_steps",
-        "plots",
-        "data.dir",
-        "data.train_file",
-        "data.test_file",
-        "augment.tta_shift",
-    }
-)
+# The field table's policies, as sets: what may change on resume (resume.check_same_steps
+# refuses the cases where it would change what a step computes); what may differ between the
+# members of one sweep program, and what of those values fixes the optimizer state's structure.
+RESUMABLE_FIELDS = frozenset(f.name for f in FIELDS if f.resumable)
+PER_MEMBER_FIELDS = tuple(f.name for f in FIELDS if f.per_member)
+STRUCTURE = {f.name: f.structure for f in FIELDS if f.structure is not None}
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Defaults: a one-hidden-layer MLP trained with clipped Adagrad (TF1 settings)."""
     c = ml_collections.ConfigDict()
     for f in FIELDS:
-        target = c
-        *parents, last = f.name.split(".")
-        for p in parents:
-            if p not in target:
-                target[p] = ml_collections.ConfigDict()
-            target = target[p]
-        target[last] = f.default
+        set_field(c, f.name, f.default, create=True)
     return c
 
 
@@ -97,14 +86,8 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.num_periods={c.num_periods} exceeds config.num_steps={c.num_steps}"
         )
-    m, o, d = c.model, c.optimizer, c.data
-    if m.name == "mlp" and not m.hidden_units:
-        raise UserError("config.model.hidden_units=(): the mlp needs a hidden layer, e.g. '(128,)'")
-    from mnist_jax import models
-
-    models.validate_model_config(m)  # The cnn's own rules live with the model.
-    from mnist_jax import augment
-
+    o, d = c.optimizer, c.data
+    models.check(c.model)  # Each model family's rules live with it.
     augment.validate_config(c.augment)
     if o.name == "adagrad" and o.initial_accumulator_value == 0 and o.eps == 0:
         raise UserError(
@@ -186,8 +169,6 @@ def configs_dir() -> Path:
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "dnn.py").is_file():
         return checkout / "configs"
-    import importlib.util
-
     spec = importlib.util.find_spec("mnist_jax.configs")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the shipped configs are missing: reinstall mnist-jax")
@@ -216,8 +197,6 @@ def resolve(name_or_path: str) -> str:
 
 def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """Runs a config file's `get_config([arg])`; every problem is one UserError naming it."""
-    import importlib.util
-
     try:
         spec = importlib.util.spec_from_file_location("mnist_jax_user_config", path)
         if spec is None or spec.loader is None:
@@ -282,11 +261,30 @@ def field_names(config: ml_collections.ConfigDict) -> set[str]:
     return set(_flat_values(config)) | _node_names(config)
 
 
-def field_value(config: ml_collections.ConfigDict, name: str) -> Any:
-    """The value of dotted field `name`."""
-    for part in name.split("."):
-        config = config[part]
-    return config
+def _parent(tree: Any, name: str, create: bool = False) -> tuple[Any, str]:
+    """(the mapping that holds dotted field `name`, its last part); the one walk of a dotted
+    name. With `create`, missing groups are made (of `tree`'s type); a leaf on the way is a
+    KeyError."""
+    *groups, last = name.split(".")
+    for part in groups:
+        if create and part not in tree:
+            tree[part] = type(tree)()
+        tree = tree[part]
+        if not isinstance(tree, (Mapping, ml_collections.ConfigDict)):
+            raise KeyError(name)
+    return tree, last
+
+
+def field_value(config: Any, name: str) -> Any:
+    """The value of dotted field `name` (a KeyError if there is none)."""
+    parent, last = _parent(config, name)
+    return parent[last]
+
+
+def set_field(config: Any, name: str, value: Any, create: bool = False) -> None:
+    """Sets dotted field `name` (with `create`, making the groups it needs)."""
+    parent, last = _parent(config, name, create)
+    parent[last] = value
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
@@ -297,18 +295,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             raise UserError(
                 f"unknown config field {name}{did_you_mean(name, _flat_values(config))}"
             )
-        *parents, last = name.split(".")
-        parent = config
-        for p in parents:
-            parent = parent[p]
-        old = parent[last]
+        old = field_value(config, name)
         if isinstance(old, tuple):
             value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         elif isinstance(value, bool) and not isinstance(old, bool):
             raise UserError(f"config.{name}={value!r}: expected {type(old).__name__}, got bool")
         try:
             with config.unlocked():
-                parent[last] = value
+                set_field(config, name, value)
         except (TypeError, ValueError):
             raise UserError(
                 f"config.{name}={value!r}: expected {type(old).__name__}, "
@@ -356,13 +350,10 @@ def from_dict(d: Any, where: str = "config") -> ml_collections.ConfigDict:
     merged = {**flatten(base), **flatten(tuples(d))}
     out: dict[str, Any] = {}
     for dotted, value in merged.items():
-        target = out
-        *path, last = dotted.split(".")
-        for part in path:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):  # {"seed": {"a": 1}}: not a group of fields.
-                raise UserError(f"{where}: unknown config field {dotted}")
-        target[last] = value
+        try:
+            set_field(out, dotted, value, create=True)
+        except KeyError:  # {"seed": {"a": 1}}: not a group of fields.
+            raise UserError(f"{where}: unknown config field {dotted}") from None
     return ml_collections.ConfigDict(tuples(out))
 
 
@@ -392,42 +383,15 @@ def _missing_message(where: str, missing: list[str]) -> str:
     )
 
 
-def did_you_mean(name: str, candidates: Any) -> str:
-    """'; did you mean X?' for the closest candidate, or ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-__all__ = [
-    "CONV_IMPLS",
-    "EXTRA_FIELDS",
-    "FIELDS",
-    "FIELD_DOCS",
-    "INT32_MAX",
-    "RESUMABLE_FIELDS",
-    "VALIDATION_SPLITS",
-    "apply_overrides",
-    "complete",
-    "describe",
-    "did_you_mean",
-    "field_names",
-    "field_value",
-    "get_config",
-    "list_configs",
-    "load",
-    "num_train_steps",
-    "resolve",
-    "validate",
-]
-
-
-def with_absolute_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` with data.dir, data.train_file and data.test_file made absolute (against the
-    current directory): what a run records must name the same files from anywhere."""
+def as_recorded(config: ml_collections.ConfigDict, model: Any = None) -> tuple[Any, Any]:
+    """(`config` as a run records it, the module to hand the driver or None): data paths and a
+    model file's path absolute (against the current directory), the file's SHA-256, a module
+    `model` from Python named (models.record): config.json names the same inputs from anywhere."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
         for field in ("dir", "train_file", "test_file"):
             value = config.data.get(field, "")
             if value:
                 config.data[field] = os.path.abspath(os.path.expanduser(value))
-    return config
+        config.model, model = models.record(config.model, model)
+    return config, model

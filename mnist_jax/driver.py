@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from typing import Any
 
 from mnist_jax import (
     config as config_lib,
@@ -70,17 +69,15 @@ def run(
     data_cache: dict | None = None,
     t0: float | None = None,
     placement: Placement | None = None,
-    model: Any = None,
 ) -> list[Outcome]:
-    """Trains `members` (configs that differ only in `sweep.VMAPPED` fields) as one program;
+    """Trains `members` (configs that differ only in per_member fields of the table) as one program;
     each resumes from its own latest checkpoint. Returns one Outcome per member: first those
-    with nothing to do (finished, or a sweep's diverged member), then the trained ones.
-    `model`: a Linen module to train instead of the one config.model names."""
+    with nothing to do (finished, or a sweep's diverged member), then the trained ones."""
     timing = Timing(time.time() if t0 is None else t0)
     timing.startup_s = time.time() - timing.t0
     for m in members:
         _check_member(m)
-    setup, record = _set_up(members, data_cache, placement or Placement(), timing, model)
+    setup, record = _set_up(members, data_cache, placement or Placement(), timing)
     done, todo, states = _restore_and_claim(
         members, setup, record, allow_config_change, fallback_checkpoint
     )
@@ -100,16 +97,17 @@ def run(
 
 
 def _check_member(m: Member) -> None:
-    """The config validated, its data paths made absolute (config.json names the data whatever
-    the reader's cwd), and the directory one this command may train in (read only)."""
+    """The config validated and made as recorded (data and model file paths absolute, the
+    model file's SHA-256, a module given from Python named: config.json names them whatever the
+    reader's cwd), and the directory one this command may train in (read only)."""
     config_lib.validate(m.config)
-    m.config = config_lib.with_absolute_data_paths(m.config)
+    m.config, m.model = config_lib.as_recorded(m.config, m.model)
     m.rundir.check_writable()
     m.rundir.check_kind("member" if m.name else "run")  # A run: not in a sweep's dir.
 
 
 def _set_up(members: list[Member], data_cache: dict | None, placement: Placement,
-            timing: Timing, model: Any = None) -> tuple[Setup, dict]:  # fmt: skip
+            timing: Timing) -> tuple[Setup, dict]:  # fmt: skip
     """The data (one train/validation split per seed, as a single run makes it), the plan,
     the model; and the run record (run.json) that a resume must match."""
     first = members[0].config
@@ -129,8 +127,8 @@ def _set_up(members: list[Member], data_cache: dict | None, placement: Placement
     plan = make_plan(first, num_train, max_epochs=cap)
     # What the steps are computed over; a resume must match it (resume.check_same_steps).
     record = {"num_steps": plan.num_steps, "data": data_lib.fingerprint(train_full, test, source)}
-    if model is None:
-        model = models.create_model(first.model, datasets[first.seed].num_classes)
+    # A module given to mj.train (Member.model) is the model; else config.model names it.
+    model = models.create_model(first.model, datasets[first.seed].num_classes, members[0].model)
     placement.check_batch(first.batch_size, num_train)
     return Setup(datasets, train_full, test, plan, model, placement), record
 

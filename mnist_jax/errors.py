@@ -1,6 +1,8 @@
 """The exceptions the command line turns into one line and an exit status."""
 
+import difflib
 import signal
+from typing import Any
 
 # The signals that stop a run: checkpointed at the current step, exit 128+signal. SIGHUP (the
 # terminal closed) and SIGUSR1 (SLURM's and other schedulers' early warning) count as SIGTERM.
@@ -30,3 +32,9 @@ class Diverged(UserError):
 class PeerLost(UserError):
     """Another process of a multi-process run died or stopped responding; the command line
     exits at once (JAX's runtime cannot shut down cleanly without it)."""
+
+
+def did_you_mean(name: str, candidates: Any) -> str:
+    """'; did you mean X?' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""

@@ -130,7 +130,7 @@ def predict_probs(
     `variables` ({"params": ..., **model_state})."""
     apply = jax.jit(functools.partial(step_lib.predict_probs, model=model))
     if len(images) == 0:
-        return np.zeros((0, model.num_classes), np.float32)
+        return np.zeros((0, models.num_classes(model)), np.float32)
     return np.concatenate(
         [np.asarray(apply(variables, images[i : i + batch])) for i in range(0, len(images), batch)]
     )
@@ -223,7 +223,7 @@ def _evaluate(rundir: RunDir, data_config) -> dict[str, Any]:
     sums = split_sums(model, variables, test, config.eval_batch_size)
     result = {
         "test": scores.scalars(sums),
-        **scores.details(sums, class_names(data_config, model.num_classes)),
+        **scores.details(sums, class_names(data_config, models.num_classes(model))),
         "data_source": source,
         "data_location": location,
     }

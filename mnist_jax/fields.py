@@ -1,4 +1,5 @@
-"""The base config's fields, in one table: default, rule and one-line description of each.
+"""The config's fields outside the models, in one table: default, rule, one-line description
+and policies of each (the model families declare theirs; `config.FIELDS` joins the two).
 
 A rule checks one value: type, finiteness, range and representability.
 
@@ -26,12 +27,23 @@ Rule = Callable[[Any], "str | None"]
 
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
-    """One field of the base config: dotted name, default, rule and one-line description."""
+    """One config field: dotted name, default, rule, one-line description, and its policies.
+
+    `resumable`: may change when a run resumes (it changes how long or how observably a run
+    trains, not what a given step computes; resume.check_same_steps refuses the cases where it
+    would). `per_member`: may differ between the members of one sweep program (a value in the
+    train state, not a shape or a loop); `structure` then maps the value to what fixes the
+    optimizer state's structure, on which those members must agree. `owner`: the model family
+    that owns the field (None: not a model's)."""
 
     name: str
     default: Any
     check: Rule
     doc: str
+    resumable: bool = False
+    per_member: bool = False
+    structure: Callable[[Any], Any] | None = None
+    owner: str | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -109,7 +121,7 @@ def Str() -> Rule:
 
 
 def Choice(options: Callable[[], Sequence[str]]) -> Rule:
-    """One of `options()` (a function, so that the model and optimizer tables load lazily)."""
+    """One of `options()` (a function, so that the optimizer and data tables load lazily)."""
 
     def check(v: Any) -> str | None:
         choices = list(options())
@@ -131,19 +143,14 @@ def IntTuple(hi: int) -> Rule:
 
 
 F = FieldSpec
+
+
+def _positive(v: Any) -> bool:
+    """Whether clipping or weight decay is on: it adds a stage to the optimizer's state."""
+    return v > 0
+
+
 MAX_UNITS = 65_536  # Per layer: wider is a typo, not an experiment (and would not fit memory).
-
-
-def _models() -> tuple[str, ...]:
-    from mnist_jax import models
-
-    return tuple(models.MODELS)
-
-
-def _kernel_inits() -> tuple[str, ...]:
-    from mnist_jax import models
-
-    return tuple(models.KERNEL_INITS)
 
 
 def _optimizers() -> tuple[str, ...]:
@@ -177,23 +184,38 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         Int(0),
         "Seed of every random stream: init, dropout, data order, validation split.",
+        per_member=True,
     ),
     F("batch_size", 100, Int(1), "Training examples per step."),
-    F("num_steps", 1000, Int(0), "Training steps; set this or num_epochs, the other stays 0."),
+    F(
+        "num_steps",
+        1000,
+        Int(0),
+        "Training steps; set this or num_epochs, the other stays 0.",
+        resumable=True,
+    ),
     F(
         "num_epochs",
         0.0,
         Float(0, INT32_MAX, float32=False),
         "Passes over the training split (if num_steps is 0).",
+        resumable=True,
     ),
-    F("num_periods", 10, Int(1), "Train/validation metrics are computed after each period."),
+    F(
+        "num_periods",
+        10,
+        Int(1),
+        "Train/validation metrics are computed after each period.",
+        resumable=True,
+    ),
     F(
         "steps_per_call",
         0,
         Int(0),
         "Steps fused into one jitted call; 0: one, then sized from the step time to about 1 s.",
+        resumable=True,
     ),
-    F("eval_batch_size", 10_000, Int(1), "Examples per evaluation batch."),
+    F("eval_batch_size", 10_000, Int(1), "Examples per evaluation batch.", resumable=True),
     F(
         "eval_train_examples",
         10_000,
@@ -205,46 +227,29 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         Int(0),
         "Checkpoint cadence in steps; 0: at the end of every period.",
+        resumable=True,
     ),
-    F("checkpoints_to_keep", 3, Int(1), "Most recent checkpoints kept on disk."),
-    F("tensorboard", True, Bool(), "Write TensorBoard event files to workdir/tensorboard."),
+    F("checkpoints_to_keep", 3, Int(1), "Most recent checkpoints kept on disk.", resumable=True),
+    F(
+        "tensorboard",
+        True,
+        Bool(),
+        "Write TensorBoard event files to workdir/tensorboard.",
+        resumable=True,
+    ),
     F(
         "profile_steps",
         0,
         Int(0),
         "Steps traced with jax.profiler into workdir/profile after the first chunk; 0: off.",
+        resumable=True,
     ),
     F(
         "plots",
         True,
         Bool(),
         "Write plots/ and report.md at the end (python -m mnist_jax.plot later).",
-    ),
-    F("model.name", "mlp", Choice(_models), "The classifier."),
-    F("model.hidden_units", (128,), IntTuple(MAX_UNITS), "mlp: units of each hidden ReLU layer."),
-    F(
-        "model.dropout_rate",
-        0.0,
-        Float(0, 1, hi_open=True),
-        "mlp: dropout after each hidden layer while training.",
-    ),
-    F(
-        "model.kernel_init",
-        "glorot_uniform",
-        Choice(_kernel_inits),
-        "Initializer of every weight matrix.",
-    ),
-    F(
-        "model.conv_features",
-        (32, 64),
-        IntTuple(MAX_UNITS),
-        "cnn: filters of each 5x5 conv + 2x2 max-pool layer.",
-    ),
-    F(
-        "model.conv_impl",
-        "auto",
-        Choice(lambda: CONV_IMPLS),
-        "cnn: native | slices | vjp | auto (slices on CPU, native elsewhere).",
+        resumable=True,
     ),
     F("optimizer.name", "adagrad", Choice(_optimizers), "The update rule."),
     F(
@@ -252,12 +257,15 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.05,
         Float(0, lo_open=True),
         "Learning rate (the schedule's peak).",
+        per_member=True,
     ),
     F(
         "optimizer.clip_norm",
         5.0,
         Float(0),
         "Global-norm clipping over all parameters; 0 disables it.",
+        per_member=True,
+        structure=_positive,
     ),
     F("optimizer.initial_accumulator_value", 0.1, Float(0), "adagrad: TF1's starting accumulator."),
     F(
@@ -267,7 +275,14 @@ FIELDS: tuple[FieldSpec, ...] = (
         "adagrad/adam: epsilon added to the denominator (TF1's adagrad: 0).",
     ),
     F("optimizer.momentum", 0.0, Float(0, 1, hi_open=True), "sgd: momentum (0: plain SGD)."),
-    F("optimizer.weight_decay", 0.0, Float(0), "L2 term added to the gradient, before clipping."),
+    F(
+        "optimizer.weight_decay",
+        0.0,
+        Float(0),
+        "L2 term added to the gradient, before clipping.",
+        per_member=True,
+        structure=_positive,
+    ),
     F("optimizer.schedule", "constant", Choice(_schedules), "Learning-rate schedule."),
     F(
         "optimizer.warmup_fraction",
@@ -318,6 +333,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         Int(0, 27),
         "Final evaluation: also score the mean softmax of each image and 4 copies shifted this "
         "many pixels (results.json 'tta'); 0: off.",
+        resumable=True,
     ),
     F(
         "data.source",
@@ -337,9 +353,16 @@ FIELDS: tuple[FieldSpec, ...] = (
         "",
         Str(),
         "Directory of the IDX files (idx, mnist, auto) or tfds's manual_dir (tfds).",
+        resumable=True,
     ),
-    F("data.train_file", "", Str(), "csv: training CSV (label,784 pixels per row, no header)."),
-    F("data.test_file", "", Str(), "csv: test CSV, same layout."),
+    F(
+        "data.train_file",
+        "",
+        Str(),
+        "csv: training CSV (label,784 pixels per row, no header).",
+        resumable=True,
+    ),
+    F("data.test_file", "", Str(), "csv: test CSV, same layout.", resumable=True),
     F("data.tfds_name", "mnist", Str(), "tfds: dataset name (mnist, fashion_mnist, kmnist, ...)."),
     F(
         "data.validation_size",
@@ -360,5 +383,4 @@ FIELDS: tuple[FieldSpec, ...] = (
         "auto falling back to the sample: train at most this many epochs (0: no cap).",
     ),
 )
-CONV_IMPLS = ("native", "slices", "vjp", "auto")
 VALIDATION_SPLITS = ("random", "last")

@@ -98,10 +98,25 @@ def reliability_figure(calibration: dict[str, Any], ece: float | None, title: st
     return fig
 
 
-def first_layer_kernel(params: Any) -> np.ndarray:
-    """The first layer's kernel: (784, units) for Dense, (h, w, channels, filters) for Conv."""
+def first_layer_kernel(params: Any) -> np.ndarray | None:
+    """The first layer's kernel: (784, units) for Dense, (h, w, 1, filters) for Conv. For a
+    model of one's own, the first such kernel in the parameter tree; None if there is none."""
     first = next((n for n in ("Conv_0", "Dense_0", "Classifier") if n in params), None)
-    return np.asarray(params[first or sorted(params)[0]]["kernel"])
+    if first is not None:
+        return np.asarray(params[first]["kernel"])
+    return next(_image_kernels(params), None)
+
+
+def _image_kernels(tree: Any):
+    """Kernels that take the image itself, (784, units) or (h, w, 1, filters), in tree order."""
+    for key, value in tree.items():
+        if hasattr(value, "items"):
+            yield from _image_kernels(value)
+        elif key == "kernel" and (
+            (np.shape(value)[:1] == (28 * 28,) and np.ndim(value) == 2)
+            or (np.ndim(value) == 4 and np.shape(value)[2] == 1)
+        ):
+            yield np.asarray(value)
 
 
 def _unit_images(kernel: np.ndarray, max_units: int) -> np.ndarray:

@@ -46,6 +46,7 @@ class Member:
     rundir: RunDir
     name: str = ""
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Any = None  # A module from mj.train(model=...) that config.model cannot rebuild.
 
     @property
     def tag(self) -> str:

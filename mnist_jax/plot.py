@@ -21,6 +21,7 @@ from mnist_jax import (
     data as data_lib,
     evaluate,
     metrics,
+    models,
     outputs,
     report,
     scores,
@@ -157,7 +158,7 @@ def _plot_locked(rundir, history, results, data_overrides) -> tuple[list[Path], 
     model, variables, config = evaluate.restore_model(workdir)
     used = evaluate.run_data_config(rundir, data_overrides)
     test, source, location = data_lib.load_test(used)
-    names = evaluate.class_names(used, model.num_classes)
+    names = evaluate.class_names(used, models.num_classes(model))
     scored = f"{len(test):,} test examples of {source} ({location})"
     probs = evaluate.predict_probs(model, variables, test.images)
     sums = evaluate.split_sums(model, variables, test, config.eval_batch_size)

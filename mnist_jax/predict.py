@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from mnist_jax import config as config_lib, data as data_lib, evaluate
+from mnist_jax import config as config_lib, data as data_lib, evaluate, models
 from mnist_jax.errors import UserError
 from mnist_jax.files import read_rows
 from mnist_jax.images import MAX_SIDE, as_mnist, image_to_mnist  # noqa: F401  (re-exported)
@@ -63,7 +63,7 @@ def main(argv: list[str], overrides: dict) -> int:
     csv = read_rows(f.csv, num_classes) if f.csv else None
     model, variables, saved = evaluate.restore_model(f.workdir)
     _check_config(Path(f.workdir), saved, overrides)
-    classes = evaluate.class_names(saved.data, model.num_classes)
+    classes = evaluate.class_names(saved.data, models.num_classes(model))
     failures = 0
     if csv is not None:
         images, labels = csv

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mnist_jax import augment as augment_lib, data as data_lib, scores, shuffle
+from mnist_jax import augment as augment_lib, data as data_lib, models, scores, shuffle
 from mnist_jax.errors import UserError
 from mnist_jax.sharding import Placement
 
@@ -252,7 +252,7 @@ def eval_sums(
             + jnp.sum(in_bin * right[:, None], 0).astype(jnp.int32),
         }, None
 
-    totals = jax.tree_util.tree_map(jnp.asarray, scores.zero_sums(model.num_classes, bins))
+    totals = jax.tree_util.tree_map(jnp.asarray, scores.zero_sums(models.num_classes(model), bins))
     totals, _ = jax.lax.scan(body, totals, (images, labels, valid))
     return totals
 

@@ -5,9 +5,10 @@
 
 The members are the cartesian product of the --sweep values (or of the config's own `sweep`
 tuple, as in configs/linear_sweep.py). Fields that leave every array shape alone (learning
-rate, clip norm, weight decay, seed) live in the train state: a group of members that differ
-only in them trains as one jitted program over a leading member axis (`vmap` on accelerators,
-`lax.map` on CPU, see `step.member_axis`), `--max_parallel` members at a time. Any other field
+rate, clip norm, weight decay, seed: `per_member` in the field table) live in the train
+state: a group of members that differ only in them trains as one jitted program over a
+leading member axis (`vmap` on accelerators, `lax.map` on CPU, see `step.member_axis`),
+`--max_parallel` members at a time. Any other field
 (hidden units, batch size, num_steps, dropout rate, ...) starts a new group. Every member
 writes what a single run writes into <workdir>/<member>/ and equals that single run to the bit
 on CPU (tests/test_sweep.py). On several devices a group's members are split over them
@@ -44,9 +45,6 @@ from absl import flags, logging
 from mnist_jax import api, cli, config as config_lib, driver, plot, scores
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import SWEEP, SWEEP_MARK, TABLES_LOCK, RunDir
-
-# Fields a vmapped group may vary: they are values in the train state, not shapes or loops.
-VMAPPED = ("optimizer.learning_rate", "optimizer.clip_norm", "optimizer.weight_decay", "seed")
 
 
 def parse_values(field: str, text: str, base: ml_collections.ConfigDict) -> list[Any]:
@@ -131,13 +129,13 @@ def _name(overrides: dict[str, Any]) -> str:
 
 
 def group_key(config: ml_collections.ConfigDict) -> str:
-    """Members with equal keys can share one vmapped program."""
+    """Members with equal keys can share one vmapped program: they differ only in fields the
+    field table marks per_member, and agree on what of those fixes the optimizer's structure."""
     flat = config_lib.flatten(config_lib.to_dict(config))
-    for field in VMAPPED:
-        flat.pop(field)
-    # Whether clipping / weight decay are on changes the optimizer's structure.
-    flat["clip"] = config.optimizer.clip_norm > 0
-    flat["decay"] = config.optimizer.weight_decay > 0
+    for field in config_lib.PER_MEMBER_FIELDS:
+        value = flat.pop(field)
+        if field in config_lib.STRUCTURE:
+            flat[f"{field} structure"] = config_lib.STRUCTURE[field](value)
     return repr(sorted(flat.items()))
 
 

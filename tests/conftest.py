@@ -60,11 +60,7 @@ def small_config(idx_dir: Path, name: str = "dnn", **overrides):
     c.tensorboard = False
     c.plots = False
     for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
+        config_lib.set_field(c, key, value)
     config_lib.validate(c)
     return c
 

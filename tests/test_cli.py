@@ -109,11 +109,7 @@ def test_bad_config_files(tmp_path, config_file, message):
 )
 def test_config_validation(field, value, message):
     c = config_lib.get_config()
-    *path, last = field.split(".")
-    target = c
-    for p in path:
-        target = target[p]
-    target[last] = value
+    config_lib.set_field(c, field, value)
     with pytest.raises(UserError, match=re.escape(message)) as e:
         config_lib.validate(c)
     assert f"config.{field}" in str(e.value) or "num_steps" in str(e.value)

@@ -116,3 +116,69 @@ def test_cli_override_messages_name_only_the_bad_flag(flag, message):
         _cli_config("--config.batch_size=5", flag)
     assert str(e.value).startswith(message)
     assert "batch_size=5" not in str(e.value) and "\\" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- field policies
+
+
+def _another(value):
+    """A different value of the same type (validity does not matter to the policies)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return (*value, 1)
+    return value + "x"
+
+
+@pytest.mark.parametrize("field", [f for f in config_lib.FIELDS], ids=lambda f: f.name)
+def test_resume_accepts_exactly_the_fields_the_table_marks_resumable(tmp_path, field):
+    from mnist_jax.rundir import RunDir
+
+    old = config_lib.get_config()
+    rundir = RunDir(tmp_path)
+    rundir.write_config(old)
+    new = old.copy_and_resolve_references()
+    config_lib.set_field(new, field.name, _another(config_lib.field_value(old, field.name)))
+    if field.resumable:
+        assert rundir.check_config(new, allow_change=False) == []
+    else:
+        with pytest.raises(UserError, match=rf"\({field.name} differ"):
+            rundir.check_config(new, allow_change=False)
+
+
+@pytest.mark.parametrize("field", [f for f in config_lib.FIELDS], ids=lambda f: f.name)
+def test_one_sweep_program_holds_members_that_differ_only_in_per_member_fields(field):
+    from mnist_jax import sweep
+
+    base = config_lib.get_config()
+    if field.structure is not None:  # Both on, or both off: one optimizer structure.
+        config_lib.set_field(base, field.name, 0.5)
+    other = base.copy_and_resolve_references()
+    config_lib.set_field(other, field.name, _another(config_lib.field_value(base, field.name)))
+    assert (sweep.group_key(base) == sweep.group_key(other)) == field.per_member
+    if field.structure is not None:  # Turning clipping or weight decay on: another program.
+        config_lib.set_field(other, field.name, 0.0)
+        config_lib.set_field(base, field.name, 0.5)
+        assert sweep.group_key(base) != sweep.group_key(other)
+
+
+def test_model_fields_come_from_the_model_families():
+    from mnist_jax import models
+
+    names = [f.name for f in config_lib.FIELDS]
+    assert len(names) == len(set(names))
+    for family in models.FAMILIES.values():
+        for f in family.FIELDS:
+            assert f in config_lib.FIELDS and f.owner == family.NAME
+            assert config_lib.describe(config_lib.get_config()).count(f"{f.name} = ") == 1
+    assert "did you mean model.conv_features" in _error(
+        lambda: config_lib.apply_overrides(config_lib.get_config(), {"model.conv_feature": (8,)})
+    )
+
+
+def _error(call) -> str:
+    with pytest.raises(UserError) as e:
+        call()
+    return str(e.value)

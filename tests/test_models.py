@@ -183,3 +183,21 @@ def test_a_cnn_trains_through_the_fused_loop(tmp_path, idx_dir):
     results = train_results(c, tmp_path)
     assert results["final"]["test"]["size"] == 300
     assert results["final"]["test"]["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize(
+    ("name", "tree"),
+    [
+        ("linear", {"Dense_0": ("bias", "kernel")}),
+        ("mlp", {"Dense_0": ("bias", "kernel"), "Dense_1": ("bias", "kernel")}),
+        ("cnn", {k: ("bias", "kernel") for k in ("Conv_0", "Conv_1", "Dense_0", "Classifier")}),
+    ],
+)
+def test_each_family_builds_from_the_registry_with_the_parameter_tree_runs_have_saved(name, tree):
+    """Existing run directories restore: the families keep their parameter names."""
+    family = models.FAMILIES[name]
+    assert {f.owner for f in family.FIELDS} <= {name}
+    model = _model(name, (8,))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
+    assert {k: tuple(sorted(v)) for k, v in params.items()} == tree
+    assert models.num_classes(model) == 10

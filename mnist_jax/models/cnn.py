@@ -1,63 +1,54 @@
-"""The classifiers (linear, MLP, CNN), as Flax Linen modules.
-
-Linen keeps parameters as a plain pytree outside the module, so the training step stays a pure
-function of (state, batch) that `jax.jit`, `lax.scan`/`fori_loop`, `jax.vmap` (sweeps) and
-sharding (data parallelism) take as it is, with no per-call Python graph traversal.
-"""
+"""`cnn`: 5x5 convolutions with 2x2 max-pools, then dense layers; the convolution in one of
+three forms (nn.Conv, SliceConv's one matmul, or conv.py's custom_vjp) and `conv_impl` auto's
+choice between them."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from mnist_jax import conv as conv_forms
 from mnist_jax.errors import UserError
+from mnist_jax.fields import MAX_UNITS, Choice, FieldSpec, IntTuple
+from mnist_jax.models.common import KERNEL_INITS
 
-MODELS = ("linear", "mlp", "cnn")
+NAME = "cnn"
 CONV_IMPLS = ("native", "slices", "vjp", "auto")
 KERNEL_SIZE = 5  # Every conv is 5x5, stride 1, SAME padding, then a 2x2 max-pool.
 MAX_CONV_LAYERS = 2  # 28 -> 14 -> 7: a third 2x2 pool would not divide 7.
-KERNEL_INITS = {
-    "zeros": nn.initializers.zeros,  # TF's LinearClassifier starts from zero weights.
-    "glorot_uniform": nn.initializers.glorot_uniform(),  # TF/Keras Dense default.
-    "lecun_normal": nn.initializers.lecun_normal(),  # Flax default.
-    "he_normal": nn.initializers.he_normal(),
-    "truncated_normal": nn.initializers.truncated_normal(0.02),  # TFLearn's default.
-}
 
 
-class Linear(nn.Module):
-    """Softmax regression: logits = W x + b."""
-
-    num_classes: int = 10
-    kernel_init: str = "zeros"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        del train  # No dropout in a linear model.
-        return nn.Dense(self.num_classes, kernel_init=KERNEL_INITS[self.kernel_init])(x)
+def _conv_features(v: Any) -> str | None:
+    if IntTuple(MAX_UNITS)(v) is None and 0 < len(v) <= MAX_CONV_LAYERS:
+        return None
+    return (
+        f"must be 1 to {MAX_CONV_LAYERS} positive ints (each 2x2 pool halves 28x28), "
+        "e.g. '(32, 64)'"
+    )
 
 
-class MLP(nn.Module):
-    """Fully connected ReLU layers, each followed by dropout when `dropout_rate` > 0."""
-
-    hidden_units: Sequence[int] = (128,)
-    num_classes: int = 10
-    dropout_rate: float = 0.0
-    kernel_init: str = "glorot_uniform"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        init = KERNEL_INITS[self.kernel_init]
-        for units in self.hidden_units:
-            x = nn.relu(nn.Dense(units, kernel_init=init)(x))
-            if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=init)(x)
+FIELDS = (
+    FieldSpec(
+        "model.conv_features",
+        (32, 64),
+        _conv_features,
+        "Filters of each 5x5 conv + 2x2 max-pool layer.",
+        owner=NAME,
+    ),
+    FieldSpec(
+        "model.conv_impl",
+        "auto",
+        Choice(lambda: CONV_IMPLS),
+        "native | slices | vjp | auto (slices on CPU, native elsewhere).",
+        owner=NAME,
+    ),
+)
 
 
 class SliceConv(nn.Module):
@@ -129,48 +120,13 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=init, name="Classifier")(x)
 
 
-def validate_model_config(model_config) -> None:
-    """Raises a UserError naming the first bad `config.model` field (model-specific checks)."""
-
-    def need(ok: bool, field: str, why: str) -> None:
-        if not ok:
-            raise UserError(f"config.model.{field}={model_config[field]!r}: {why}")
-
-    need(model_config.name in MODELS, "name", f"choose one of {', '.join(MODELS)}")
-    need(
-        model_config.kernel_init in KERNEL_INITS,
-        "kernel_init",
-        f"choose one of {', '.join(KERNEL_INITS)}",
-    )
-    # Run directories written before the CNN existed hold no conv fields; only a cnn needs them.
-    if model_config.name == "cnn" or "conv_impl" in model_config:
-        impls = ", ".join(CONV_IMPLS)
-        need(model_config.conv_impl in CONV_IMPLS, "conv_impl", f"choose one of {impls}")
-        feats = model_config.conv_features
-        need(
-            isinstance(feats, (tuple, list))
-            and 0 < len(feats) <= MAX_CONV_LAYERS
-            and all(_positive_int(f) for f in feats),
-            "conv_features",
-            f"must be 1 to {MAX_CONV_LAYERS} positive ints (each 2x2 pool halves 28x28), "
-            "e.g. '(32, 64)'",
+def check(model_config: ml_collections.ConfigDict) -> None:
+    """A CNN cannot start from zero weights."""
+    if model_config.kernel_init == "zeros":
+        raise UserError(
+            "config.model.kernel_init='zeros': a CNN from zero weights never leaves zero (ReLU); "
+            "choose another"
         )
-    if model_config.name == "cnn":
-        units = model_config.hidden_units
-        need(
-            isinstance(units, (tuple, list)) and all(_positive_int(u) for u in units),
-            "hidden_units",
-            "must be a tuple of positive ints (may be empty), e.g. '(512,)'",
-        )
-        need(
-            model_config.kernel_init != "zeros",
-            "kernel_init",
-            "a CNN from zero weights never leaves zero (ReLU); choose another",
-        )
-
-
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -181,28 +137,13 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return conv_impl
 
 
-def create_model(model_config, num_classes: int = 10) -> nn.Module:
-    """Builds the module that `config.model` describes (conv_impl auto is decided here)."""
-    validate_model_config(model_config)
-    if model_config.name == "linear":
-        return Linear(num_classes, kernel_init=model_config.kernel_init)
-    if model_config.name == "cnn":
-        return CNN(
-            tuple(model_config.conv_features),
-            tuple(model_config.hidden_units),
-            num_classes,
-            dropout_rate=float(model_config.dropout_rate),
-            kernel_init=model_config.kernel_init,
-            conv_impl=resolve_conv_impl(model_config.conv_impl),
-        )
-    return MLP(
+def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The CNN module `model_config` describes (conv_impl auto is decided here)."""
+    return CNN(
+        tuple(model_config.conv_features),
         tuple(model_config.hidden_units),
         num_classes,
         dropout_rate=float(model_config.dropout_rate),
         kernel_init=model_config.kernel_init,
+        conv_impl=resolve_conv_impl(model_config.conv_impl),
     )
-
-
-def count_params(params) -> int:
-    """Number of scalars in a parameter pytree."""
-    return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
