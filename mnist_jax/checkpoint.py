@@ -139,23 +139,25 @@ class Checkpointer:
             raise UserError(f"checkpoint save in {self.directory} failed: {_short(e)}") from None
 
     def restore(self, abstract_state: Any | None, step: int | None = None) -> Any:
-        """Restores `step` (default: the latest) into the structure, shapes and shardings of
-        `abstract_state` (from `jax.eval_shape`), or as host arrays when it is None; checks
-        the digest. Returns the saved dict, or None when there is no checkpoint."""
+        """Restores `step` (default: the latest) into the structure and shapes of
+        `abstract_state` (from `jax.eval_shape`), or as saved when it is None, every array
+        replicated over this process's devices whatever device count wrote it; checks the
+        digest. Returns the saved dict, or None when there is no checkpoint."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
         where = self.directory / str(step)
-        target = None if abstract_state is None else as_dict(abstract_state)
-        if target is not None:
-            try:
-                metadata = self._manager.item_metadata(step)[STATE]
-            except Exception as e:  # Orbax raises many types for unreadable metadata.
-                raise UserError(
-                    f"checkpoint {where} is unreadable ({_short(e)}); {ADVICE}"
-                ) from None
-            _check_shapes(metadata, target, where)
         try:
+            metadata = self._manager.item_metadata(step)[STATE]
+        except Exception as e:  # Orbax raises many types for unreadable metadata.
+            raise UserError(f"checkpoint {where} is unreadable ({_short(e)}); {ADVICE}") from None
+        metadata = getattr(metadata, "tree", metadata)
+        if abstract_state is not None:
+            _check_shapes(metadata, as_dict(abstract_state), where)
+        try:
+            target = on_these_devices(
+                metadata if abstract_state is None else as_dict(abstract_state)
+            )
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
@@ -182,6 +184,21 @@ class Checkpointer:
                 logging.warning("closing the checkpoint manager: %s", _short(e))
 
 
+def on_these_devices(tree: Any) -> Any:
+    """`tree`'s arrays as restore targets (shape, dtype) replicated over the devices of this
+    process: a checkpoint written on 8 devices (its metadata names them) restores on 1, and
+    one written on 1 restores on a pod."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def target(x: Any) -> Any:
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            return x
+        return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=replicated)
+
+    return jax.tree_util.tree_map(target, tree)
+
+
 ADVICE = (
     "move that step directory away, or resume training with --fallback_checkpoint (it sets "
     "corrupt steps aside and resumes from the newest intact one)"
@@ -195,7 +212,7 @@ def _short(e: Exception) -> str:
 
 def _check_shapes(metadata: Any, target: Any, where: Path) -> None:
     """Refuses a checkpoint whose arrays differ in structure or shape from the model's."""
-    tree = getattr(metadata, "tree", metadata)
+    tree = metadata
     expected = {k: tuple(getattr(x, "shape", ())) for k, x in _leaves(target).items()}
     try:
         found = {k: tuple(getattr(x, "shape", ())) for k, x in _leaves(tree).items()}
