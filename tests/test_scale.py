@@ -7,18 +7,30 @@ distributed runtime when it starts.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from mnist_jax import metrics, sweep
+from mnist_jax import api, metrics, sweep
 
-from conftest import REPO, latest_checkpoint, main_args, one_error_line, small_config, sweep_args
+from conftest import (
+    REPO,
+    latest_checkpoint,
+    main_args,
+    one_error_line,
+    params_of,
+    small_config,
+    sweep_args,
+)
 
 
 def _args(idx_dir, workdir, *extra):
@@ -59,6 +71,64 @@ def test_eight_devices_match_one(tmp_path, idx_dir):
     proc = _run(_args(idx_dir, tmp_path / "eight"), 8)
     assert "on 8 device(s)" in proc.stderr
     assert_same_metrics(tmp_path / "one" / "metrics.jsonl", tmp_path / "eight" / "metrics.jsonl")
+
+
+READ = """
+import sys
+
+import jax
+import numpy as np
+from mnist_jax import api
+
+images, devices, workdirs = np.load(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+assert len(jax.devices()) == devices
+for w in workdirs:
+    run = api.load_run(w)
+    np.save(f"{w}.read_on_{devices}.npy", run.predict(images))
+    run.export(f"{w}.read_on_{devices}.jax")
+"""
+
+
+def test_a_checkpoint_written_on_any_device_count_is_read_on_any(tmp_path, idx_dir, sample):
+    """Train on a pod, read on a laptop: a checkpoint written on 8, 4 or 2 devices is restored
+    on 1 (this process: load_run, predict, --mode=eval) and on 2 (load_run, predict, export)
+    onto the devices there, and every reader predicts as the others do."""
+    written = {n: tmp_path / f"on_{n}" for n in (8, 4, 2)}
+    for n, workdir in written.items():
+        _run(_args(idx_dir, workdir, "--config.num_steps=30", "--config.num_periods=1"), n)
+    images = sample.images[:64]
+    np.save(tmp_path / "images.npy", images)
+    _run([sys.executable, "-c", READ, str(tmp_path / "images.npy"), "2",
+          *map(str, written.values())], 2)  # fmt: skip
+    assert len(jax.devices()) == 1
+    for workdir in written.values():
+        probs = api.load_run(workdir).predict(images)
+        np.testing.assert_allclose(np.load(f"{workdir}.read_on_2.npy"), probs, atol=1e-6)
+        assert Path(f"{workdir}.read_on_2.jax").stat().st_size > 0
+    _run([sys.executable, "-m", "mnist_jax.main", f"--workdir={written[8]}", "--mode=eval"], 1)
+    final = json.loads((written[8] / "results.json").read_text())["final"]["test"]
+    scored = json.loads((written[8] / "eval_results.json").read_text())["test"]
+    assert scored["accuracy"] == final["accuracy"]
+    np.testing.assert_allclose(scored["log_loss"], final["log_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("written_on, resumed_on", [(8, 2), (2, 1)])
+def test_a_run_resumes_on_another_device_count(tmp_path, idx_dir, written_on, resumed_on):
+    """Half a run on one device count, the rest on another: the parameters and the final
+    scores of the whole run on 1 device, within float tolerance (data parallelism only
+    changes the order of float sums)."""
+    _run(_args(idx_dir, tmp_path / "straight"), 1)
+    _run(_args(idx_dir, tmp_path / "moved", "--config.num_steps=45"), written_on)
+    proc = _run(_args(idx_dir, tmp_path / "moved"), resumed_on)
+    assert "resumed from" in proc.stderr
+    moved, straight = (params_of(tmp_path / w) for w in ("moved", "straight"))
+    for a, b in zip(jax.tree_util.tree_leaves(moved), jax.tree_util.tree_leaves(straight),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    finals = [json.loads((tmp_path / w / "results.json").read_text())["final"]["test"]
+              for w in ("moved", "straight")]  # fmt: skip
+    np.testing.assert_allclose(finals[0]["log_loss"], finals[1]["log_loss"], rtol=1e-4)
+    assert abs(finals[0]["accuracy"] - finals[1]["accuracy"]) <= 0.002
 
 
 def test_sweep_members_split_over_eight_devices_match_one_device(tmp_path, idx_dir):
