@@ -35,7 +35,7 @@ import ml_collections
 from mnist_jax.errors import UserError
 from mnist_jax.fields import FieldSpec
 from mnist_jax.models import cnn, common, linear, mlp, own
-from mnist_jax.models.cnn import CNN, CONV_IMPLS, SliceConv, resolve_conv_impl
+from mnist_jax.models.cnn import CNN, CONV_IMPLS, resolve_conv_impl
 from mnist_jax.models.common import KERNEL_INITS
 from mnist_jax.models.linear import Linear
 from mnist_jax.models.mlp import MLP
@@ -155,7 +155,6 @@ __all__ = [
     "MLP",
     "MODELS",
     "Linear",
-    "SliceConv",
     "check",
     "count_params",
     "create_model",

@@ -1,6 +1,6 @@
 """`cnn`: 5x5 convolutions with 2x2 max-pools, then dense layers; the convolution in one of
-three forms (nn.Conv, SliceConv's one matmul, or conv.py's custom_vjp) and `conv_impl` auto's
-choice between them."""
+three forms (nn.Conv, or conv.py's `slices` one matmul or `vjp` custom_vjp) and `conv_impl`
+auto's choice between them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mnist_jax import conv as conv_forms
@@ -51,40 +50,12 @@ FIELDS = (
 )
 
 
-class SliceConv(nn.Module):
-    """`nn.Conv(features, (5, 5), padding="SAME")` as ONE matmul: the 25 shifted windows of the
-    zero-padded input, concatenated on the channel axis, times the kernel reshaped to (25*in, out).
-
-    Same parameters as nn.Conv (`kernel` (5, 5, in, out), `bias` (out,), same initializers), so a
-    checkpoint trained with one form restores into the other. Its gradient is a matmul plus
-    slices and pads, which XLA:CPU runs ~20x faster than a convolution's backward.
-    """
-
-    features: int
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, (_, h, w, c) = KERNEL_SIZE, x.shape
-        kernel = self.param("kernel", self.kernel_init, (k, k, c, self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
-        p = k // 2
-        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        # The 25 windows as 5 row shifts, then 5 column shifts of those: the same patches as 25
-        # separate slices, in half the compile time. Channels end up ordered (dx, dy, c).
-        rows = jnp.concatenate([xp[:, dy : dy + h] for dy in range(k)], axis=-1)
-        patches = jnp.concatenate([rows[:, :, dx : dx + w] for dx in range(k)], axis=-1)
-        matrix = kernel.transpose(1, 0, 2, 3).reshape(k * k * c, self.features)
-        return patches @ matrix + bias
-
-
 class CNN(nn.Module):
     """5x5 SAME conv -> ReLU -> 2x2 max-pool per `conv_features`, then ReLU dense layers (with
     dropout) and the classifier. Takes flat (n, 784) float images.
 
-    `conv_impl` (native: nn.Conv, slices: SliceConv, or vjp: conv.Conv's custom_vjp form; the
-    same function of the same parameter tree) picks the form for training, where the gradient
+    `conv_impl` (native: nn.Conv, or slices / vjp: conv.Conv in that form; the same function
+    of the same parameter tree) picks the form for training, where the gradient
     is taken. Inference (train=False) always uses nn.Conv: its forward is as fast or faster on
     every backend (4x on XLA:CPU, benchmarks/conv_forms.py) and does not hold 25 copies of each
     conv's input.
@@ -107,10 +78,10 @@ class CNN(nn.Module):
                 conv = nn.Conv(
                     features, (KERNEL_SIZE,) * 2, padding="SAME", kernel_init=init, name=f"Conv_{i}"
                 )
-            elif self.conv_impl == "vjp":  # mnist_jax/conv.py: canonical conv, matmul backward.
-                conv = conv_forms.Conv(features, KERNEL_SIZE, "vjp", init, name=f"Conv_{i}")
-            else:
-                conv = SliceConv(features, kernel_init=init, name=f"Conv_{i}")
+            else:  # mnist_jax/conv.py: one im2col matmul, or canonical conv + matmul backward.
+                conv = conv_forms.Conv(
+                    features, KERNEL_SIZE, self.conv_impl, init, name=f"Conv_{i}"
+                )
             x = nn.max_pool(nn.relu(conv(x)), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for i, units in enumerate(self.hidden_units):
