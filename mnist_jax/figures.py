@@ -100,11 +100,14 @@ def reliability_figure(calibration: dict[str, Any], ece: float | None, title: st
 
 def first_layer_kernel(params: Any) -> np.ndarray | None:
     """The first layer's kernel: (784, units) for Dense, (h, w, 1, filters) for Conv. For a
-    model of one's own, the first such kernel in the parameter tree; None if there is none."""
-    first = next((n for n in ("Conv_0", "Dense_0", "Classifier") if n in params), None)
-    if first is not None:
-        return np.asarray(params[first]["kernel"])
-    return next(_image_kernels(params), None)
+    model of one's own, the first such kernel in the parameter tree (a layer named like ours,
+    Dense_0, counts only if it takes the image); None if there is none."""
+    named = [params[n] for n in ("Conv_0", "Dense_0", "Classifier") if n in params]
+    for tree in (*named, params):
+        kernel = next(_image_kernels(tree), None)
+        if kernel is not None:
+            return kernel
+    return None
 
 
 def _image_kernels(tree: Any):

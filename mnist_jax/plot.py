@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from matplotlib.figure import Figure
 
 from mnist_jax import (
@@ -247,22 +247,39 @@ def plot_sweep(
     curves = {r["member"]: read_history(workdir / r["member"]) for r in ok[:3]}
     figs["sweep"] = sweep_figure(rows, fields, curves)
     if "num_steps" in fields and ok:
-        best = ok[0]
-        same = [r for r in ok if all(r[f] == best[f] for f in fields if f != "num_steps")]
-        same.sort(key=lambda r: r["num_steps"])
-        found = []
-        for r in same:
-            k = (kernels or {}).get(r["member"])
-            if k is None:
-                k = first_layer_kernel(evaluate.restore_model(workdir / r["member"])[1]["params"])
-            found.append((r["num_steps"], k))
-        figs["first_layer_by_steps"] = weights_by_steps_figure(
-            found, f"First-layer weights after each num_steps ({best['member']} otherwise)"
-        )
+        found = _kernels_by_steps(ok, workdir, fields, kernels or {})
+        if found:
+            figs["first_layer_by_steps"] = weights_by_steps_figure(
+                found, f"First-layer weights after each num_steps ({ok[0]['member']} otherwise)"
+            )
+        else:
+            logging.info(
+                "first_layer_by_steps.png skipped: the model has no first layer that takes "
+                "the image (a kernel (784, units) or (h, w, 1, filters))"
+            )
     try:
         return save_figures(figs, workdir, workdir)
     finally:
         close(figs)
+
+
+def _kernels_by_steps(
+    ok: list[dict[str, Any]], workdir: Path, fields: list[str], kernels: dict[str, Any]
+) -> list[tuple[int, np.ndarray]]:
+    """(num_steps, first-layer kernel) of the best member and those that differ from it only
+    in num_steps, fewest steps first; members whose model has no such kernel are left out.
+    `kernels` (member -> kernel or None) spares restoring those members' checkpoints."""
+    best = ok[0]
+    same = [r for r in ok if all(r[f] == best[f] for f in fields if f != "num_steps")]
+    found = []
+    for r in sorted(same, key=lambda r: r["num_steps"]):
+        if r["member"] in kernels:
+            k = kernels[r["member"]]
+        else:
+            k = first_layer_kernel(evaluate.restore_model(workdir / r["member"])[1]["params"])
+        if k is not None:
+            found.append((r["num_steps"], k))
+    return found
 
 
 # ----------------------------------------------------------------------------- command line

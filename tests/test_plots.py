@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -19,7 +20,7 @@ from PIL import Image
 from mnist_jax import data, evaluate, figures as figures_lib, metrics, outputs, plot
 from mnist_jax.errors import UserError
 
-from conftest import REPO, small_config, train_results
+from conftest import REPO, params_of, small_config, train_results
 
 PNGS = plot.FIGURES
 
@@ -397,3 +398,68 @@ def test_reliability_bars_are_each_bins_accuracy_and_the_gap_reaches_its_confide
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "accuracy in bin" in labels and "mean confidence in bin" in labels
     figures_lib.close(fig)
+
+
+ROW_NET = """
+import flax.linen as nn
+
+
+class RowNet(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        rows = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], 28, 28)))  # kernel (28, 8)
+        return nn.Dense(self.num_classes)(rows.reshape(x.shape[0], -1))
+"""
+
+
+def test_a_num_steps_sweep_of_a_model_without_an_image_kernel_skips_that_figure(
+    tmp_path, idx_dir, caplog
+):
+    """An own model whose first layer does not take the image has no first-layer figure: the
+    sweep's first_layer_by_steps.png is skipped with a log line, from the kernels in memory
+    and from the members' checkpoints alike, and sweep.png is still drawn."""
+    from mnist_jax import sweep
+
+    (tmp_path / "rownet.py").write_text(ROW_NET)
+    c = small_config(
+        idx_dir, "dnn", num_periods=1, **{"model.name": f"{tmp_path}/rownet.py:RowNet"}
+    )
+    rows = sweep.run_sweep(c, tmp_path / "sweep", ["num_steps=10,20"], progress=False)
+    assert (
+        figures_lib.first_layer_kernel(params_of(tmp_path / "sweep" / rows[0]["member"])["params"])
+        is None
+    )
+    assert (tmp_path / "sweep" / "sweep.png").is_file()
+    assert not (tmp_path / "sweep" / "first_layer_by_steps.png").exists()
+    caplog.set_level("INFO")
+    written = plot.plot_sweep(rows, tmp_path / "sweep", ["num_steps"])  # Restores each member.
+    assert [p.name for p in written if p.suffix == ".png"] == ["sweep.png"]
+    assert "first_layer_by_steps.png skipped" in caplog.text
+
+
+_SHAPES = [(784, 8), (28, 8), (8, 10), (5, 5, 1, 4), (5, 5, 4, 8), (784,)]
+_LAYERS = st.dictionaries(
+    st.sampled_from(["Conv_0", "Dense_0", "Classifier", "Dense_1", "block"]),
+    st.sampled_from(_SHAPES).map(lambda s: {"kernel": np.zeros(s), "bias": np.zeros(s[-1:])}),
+    max_size=4,
+)
+
+
+def _is_image_kernel(shape) -> bool:
+    return (len(shape) == 2 and shape[0] == 784) or (len(shape) == 4 and shape[2] == 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=st.dictionaries(st.sampled_from(["Dense_0", "inner", "Conv_0"]), _LAYERS, max_size=2)
+       | _LAYERS)  # fmt: skip
+def test_the_first_layer_kernel_is_one_that_takes_the_image_or_none(tree):
+    """Whatever a model names its layers, the first-layer figure gets a kernel that takes the
+    image ((784, units) or (h, w, 1, filters)), or None when the model has none."""
+    leaves = [np.shape(x) for x in jax.tree_util.tree_leaves(tree)]
+    kernel = figures_lib.first_layer_kernel(tree)
+    if kernel is None:
+        assert not any(_is_image_kernel(s) for s in leaves)
+    else:
+        assert _is_image_kernel(kernel.shape)
