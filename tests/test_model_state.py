@@ -193,6 +193,10 @@ def test_data_parallel_batch_stats_match_one_device(tmp_path, idx_dir):
     for name in one.files:  # batch_stats and params.
         np.testing.assert_allclose(one[name], eight[name], rtol=2e-4, atol=2e-5)
     assert_same_metrics(tmp_path / "1" / "metrics.jsonl", tmp_path / "8" / "metrics.jsonl")
+    assert len(jax.devices()) == 1  # The run written on 8 devices restores on 1, as it was.
+    read = api.load_run(tmp_path / "8", model=bn_net())
+    for a, b in zip(jax.tree_util.tree_leaves(read.variables), eight.values(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_restore_predict_and_export_use_the_running_averages(tmp_path, bn_config, sample):
