@@ -15,6 +15,7 @@ A closed stdout (`... | head -1`) ends the command quietly with status 1.
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import os
 import signal
@@ -74,6 +75,9 @@ class _QuietLibraries(logging.logging.Filter):
         return not noisy or record.levelno >= logging.logging.WARNING
 
 
+_PATH_FORM_ERRORS = (errno.ENAMETOOLONG, errno.ELOOP)  # A name too long; a symlink loop.
+
+
 def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
     """Runs `fn(argv, overrides)` as the program's main."""
     install_startup_handlers()
@@ -94,6 +98,11 @@ def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
                 raise
             print(f"error: {one_line(e)}", file=sys.stderr)
             _exit(1, now=isinstance(e, PeerLost))
+        except OSError as e:  # A path the OS refuses by its form, met by any check.
+            if e.errno not in _PATH_FORM_ERRORS or verbose:
+                raise
+            print(f"error: {one_line(f'{e.filename}: {e.strerror}')}", file=sys.stderr)
+            _exit(1)
         except (KeyboardInterrupt, Stopped) as e:  # Outside the training loop.
             signum = getattr(e, "signum", signal.SIGINT)
             print(
