@@ -311,19 +311,22 @@ _PARSERS = (  # By the type of the field's value (bool before int: a bool is an 
 def parse_value(raw: str, like: Any) -> Any:
     """The one parser of a config value given as text (`--config.FIELD=` and `--sweep`):
     `raw` as a value of `like`'s type, with absl's and ml_collections' flag parsers (a scalar
-    for a tuple is a one-tuple); a str is the text itself; anything else a Python literal.
+    for a tuple is a one-tuple); a str is the text itself; a section a dict literal of its
+    fields; anything else a Python literal.
     Otherwise a ValueError whose text is what was expected ("an integer")."""
     parser, what = next(((p, w) for k, p, w in _PARSERS if isinstance(like, k)), (None, None))
+    if isinstance(like, ml_collections.ConfigDict):
+        what = "a dict of field names to values, such as {'name': ...}"
     try:
         if parser is not None:
             return parser.parse(raw)
         if isinstance(like, str):
             return raw
         value = ast.literal_eval(raw)
-        return (
-            ml_collections.ConfigDict(value)
-            if isinstance(like, ml_collections.ConfigDict)
-            else value
-        )
+        if not isinstance(like, ml_collections.ConfigDict):
+            return value
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError
+        return ml_collections.ConfigDict(value)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, flags.Error):
         raise ValueError(what or "a Python literal") from None
