@@ -170,7 +170,12 @@ _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def _one_line_unraisable(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, (Stopped, KeyboardInterrupt)):  # A signal that landed in a finaliser:
-        os.kill(os.getpid(), getattr(exc, "signum", signal.SIGINT))  # deliver it again.
+        import threading  # deliver it again once this hook has returned (raised in the hook,
+
+        signum = getattr(exc, "signum", signal.SIGINT)  # it is lost, with a traceback).
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
         return
     logging.warning("ignored in a library callback: %s: %s", type(exc).__name__, exc)
 

@@ -498,3 +498,23 @@ def test_a_path_the_os_refuses_by_its_form_is_one_error_line(
     line = _one_error_line(_run(args, timeout=120))
     assert str(bad)[:60] in line, line
     assert snapshot(base) == before
+
+
+def test_a_signal_that_landed_in_a_finaliser_is_delivered_again_after_the_hook():
+    """Two Ctrl-C quickly: the second may land in a finaliser, whose exception Python hands to
+    the unraisable hook. The hook delivers the signal again once it has returned, so the
+    KeyboardInterrupt reaches the program rather than dying in the hook with a traceback."""
+    from types import SimpleNamespace
+
+    from mnist_jax import cli
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    returned = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._one_line_unraisable(SimpleNamespace(exc_value=KeyboardInterrupt()))
+            returned = True
+            time.sleep(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert returned
