@@ -15,6 +15,7 @@ A closed stdout (`... | head -1`) ends the command quietly with status 1.
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import os
 import signal
@@ -74,6 +75,9 @@ class _QuietLibraries(logging.logging.Filter):
         return not noisy or record.levelno >= logging.logging.WARNING
 
 
+_PATH_FORM_ERRORS = (errno.ENAMETOOLONG, errno.ELOOP)  # A name too long; a symlink loop.
+
+
 def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
     """Runs `fn(argv, overrides)` as the program's main."""
     install_startup_handlers()
@@ -94,6 +98,11 @@ def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
                 raise
             print(f"error: {one_line(e)}", file=sys.stderr)
             _exit(1, now=isinstance(e, PeerLost))
+        except OSError as e:  # A path the OS refuses by its form, met by any check.
+            if e.errno not in _PATH_FORM_ERRORS or verbose:
+                raise
+            print(f"error: {one_line(f'{e.filename}: {e.strerror}')}", file=sys.stderr)
+            _exit(1)
         except (KeyboardInterrupt, Stopped) as e:  # Outside the training loop.
             signum = getattr(e, "signum", signal.SIGINT)
             print(
@@ -161,7 +170,12 @@ _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def _one_line_unraisable(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, (Stopped, KeyboardInterrupt)):  # A signal that landed in a finaliser:
-        os.kill(os.getpid(), getattr(exc, "signum", signal.SIGINT))  # deliver it again.
+        import threading  # deliver it again once this hook has returned (raised in the hook,
+
+        signum = getattr(exc, "signum", signal.SIGINT)  # it is lost, with a traceback).
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
         return
     logging.warning("ignored in a library callback: %s: %s", type(exc).__name__, exc)
 
@@ -302,19 +316,22 @@ _PARSERS = (  # By the type of the field's value (bool before int: a bool is an 
 def parse_value(raw: str, like: Any) -> Any:
     """The one parser of a config value given as text (`--config.FIELD=` and `--sweep`):
     `raw` as a value of `like`'s type, with absl's and ml_collections' flag parsers (a scalar
-    for a tuple is a one-tuple); a str is the text itself; anything else a Python literal.
+    for a tuple is a one-tuple); a str is the text itself; a section a dict literal of its
+    fields; anything else a Python literal.
     Otherwise a ValueError whose text is what was expected ("an integer")."""
     parser, what = next(((p, w) for k, p, w in _PARSERS if isinstance(like, k)), (None, None))
+    if isinstance(like, ml_collections.ConfigDict):
+        what = "a dict of field names to values, such as {'name': ...}"
     try:
         if parser is not None:
             return parser.parse(raw)
         if isinstance(like, str):
             return raw
         value = ast.literal_eval(raw)
-        return (
-            ml_collections.ConfigDict(value)
-            if isinstance(like, ml_collections.ConfigDict)
-            else value
-        )
+        if not isinstance(like, ml_collections.ConfigDict):
+            return value
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError
+        return ml_collections.ConfigDict(value)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, flags.Error):
         raise ValueError(what or "a Python literal") from None

@@ -35,7 +35,10 @@ def figure_formats() -> list[str]:
 def check_inside(path: str | Path, root: str | Path, what: str = "") -> None:
     """The one "stay inside the workdir" guard: refuses `path` when, its links followed, it
     leads outside `root`."""
-    real, real_root = Path(path).resolve(), Path(root).resolve()
+    try:
+        real, real_root = Path(path).resolve(), Path(root).resolve()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop.
+        raise UserError(f"{path}: too many levels of symbolic links") from None
     if real != real_root and real_root not in real.parents:
         raise UserError(
             f"{what + ': ' if what else ''}{path} leads outside the workdir {root} (to {real}); "

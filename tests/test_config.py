@@ -7,8 +7,9 @@ import sys
 
 import ml_collections
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from mnist_jax import cli, config as config_lib
+from mnist_jax import cli, config as config_lib, sweep
 from mnist_jax.errors import UserError
 
 from conftest import REPO
@@ -100,6 +101,28 @@ def test_cli_repeated_override_last_wins_and_scalar_is_one_tuple():
     assert _cli_config("--config.batch_size=10", "--config.batch_size=20")[1].batch_size == 20
     assert _cli_config("--noconfig.plots")[1].plots is False
     assert _cli_config("--config.num_periods", "4")[1].num_periods == 4
+
+
+_SECTIONS = sorted(
+    n for n in config_lib.field_names(config_lib.load("dnn"))
+    if isinstance(config_lib.field_value(config_lib.load("dnn"), n), ml_collections.ConfigDict)
+)  # fmt: skip
+_NOT_SECTIONS = st.one_of(
+    st.integers(), st.floats(allow_nan=False), st.none(), st.booleans(), st.text(max_size=3),
+    st.lists(st.integers(), max_size=2), st.tuples(st.integers()),
+    st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(field=st.sampled_from(_SECTIONS), value=_NOT_SECTIONS)
+def test_a_section_given_anything_but_a_dict_of_its_fields_is_one_error(field, value):
+    """`--config.data=1`, `--sweep=model=[1],...`: a section takes a dict literal of field
+    names; anything else is a UserError naming the flag, never an exception from inside."""
+    with pytest.raises(UserError, match=f"--config.{field}=.*expected a dict of field names"):
+        _cli_config(f"--config.{field}={value!r}")
+    with pytest.raises(UserError, match=f"--sweep {field}=.*is not a dict of field names"):
+        sweep.members(config_lib.load("dnn"), [f"{field}={value!r},{{'x': 1}}"])
 
 
 @pytest.mark.parametrize(

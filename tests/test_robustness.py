@@ -30,6 +30,8 @@ from conftest import (
     no_hang,
     same_params,
     small_config,
+    snapshot,
+    sweep_args,
     train_results,
 )
 
@@ -448,3 +450,71 @@ def test_a_run_refused_for_its_devices_leaves_no_new_directory(tmp_path, idx_dir
                 env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu"))  # fmt: skip
     assert "divisible" in _one_error_line(proc) or "devices" in _one_error_line(proc)
     assert not (tmp_path / "new").exists()
+
+
+def _path_the_os_refuses(base, form):
+    """A path the OS refuses by its form: a name over NAME_MAX, or one through a symlink loop."""
+    if form == "long name":
+        return base / ("a" * 300)
+    (base / "loop1").symlink_to("loop2")
+    (base / "loop2").symlink_to("loop1")
+    return base / "loop1"
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    where=st.sampled_from(["train", "eval", "plot", "export --out", "sweep member"]),
+    form=st.sampled_from(["long name", "symlink loop"]),
+)
+def test_a_path_the_os_refuses_by_its_form_is_one_error_line(
+    tmp_path_factory, idx_dir, finished, where, form
+):
+    """A workdir, --out or sweep member whose name is too long (ENAMETOOLONG) or runs through
+    a symlink loop: one line naming the path, exit 1, nothing new written."""
+    base = tmp_path_factory.mktemp("form")
+    bad = _path_the_os_refuses(base, form)
+    if where == "sweep member":  # The member's directory name comes from a long value.
+        bad = base / "sweep"
+        wide = "(" + ",".join(["2"] * 130) + ")" if form == "long name" else "(2,)"
+        args = sweep_args(idx_dir, bad, f"--sweep=model.hidden_units={wide},(3,)")
+        args[3] = "--config=configs/dnn.py"
+        if form == "symlink loop":
+            bad.mkdir()
+            (bad / "hidden_units=2,").symlink_to("hidden_units=2,")
+    else:
+        args = {
+            "train": main_args(idx_dir, bad, "--config.num_steps=4", "--config.num_periods=1"),
+            "eval": [sys.executable, "-m", "mnist_jax.main", "--mode=eval", f"--workdir={bad}"],
+            "plot": [sys.executable, "-m", "mnist_jax.plot", f"--workdir={bad}"],
+            "export --out": [
+                sys.executable,
+                "-m",
+                "mnist_jax.export",
+                f"--workdir={finished}",
+                f"--out={bad}",
+            ],
+        }[where]
+    before = snapshot(base)
+    line = _one_error_line(_run(args, timeout=120))
+    assert str(bad)[:60] in line, line
+    assert snapshot(base) == before
+
+
+def test_a_signal_that_landed_in_a_finaliser_is_delivered_again_after_the_hook():
+    """Two Ctrl-C quickly: the second may land in a finaliser, whose exception Python hands to
+    the unraisable hook. The hook delivers the signal again once it has returned, so the
+    KeyboardInterrupt reaches the program rather than dying in the hook with a traceback."""
+    from types import SimpleNamespace
+
+    from mnist_jax import cli
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    returned = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._one_line_unraisable(SimpleNamespace(exc_value=KeyboardInterrupt()))
+            returned = True
+            time.sleep(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert returned
