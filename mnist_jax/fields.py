@@ -300,8 +300,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "augment.max_shift",
         0,
         Int(0, 27),
-        "Training: shift each image by a random whole number of pixels up to this in x and y "
-        "(zero fill); 0: off.",
+        "Training: shift each image by up to this many whole pixels in x and y (zero fill); 0: off.",
     ),
     F(
         "augment.max_rotation",

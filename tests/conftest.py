@@ -18,11 +18,24 @@ from mnist_jax import config as config_lib, data, datasets
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory) -> str:
+    """One JAX compilation cache for the whole session, shared by the xdist workers and every
+    command-line subprocess: a program compiled once (the same config in many tests) is
+    loaded, not compiled again. Set in this process too, once, for the API's runs."""
+    from mnist_jax import api
+
+    directory = tmp_path_factory.getbasetemp().parent / "jax-compilation-cache"
+    directory.mkdir(exist_ok=True)
+    return api.enable_compilation_cache(str(directory))
+
+
 @pytest.fixture(autouse=True)
-def _offline_and_isolated(monkeypatch, tmp_path_factory):
+def _offline_and_isolated(monkeypatch, tmp_path_factory, compilation_cache):
     """No test downloads anything or reads the user's cache; full MNIST only where asked."""
     monkeypatch.setenv("MNIST_JAX_MIRRORS", "http://127.0.0.1:9/")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("MNIST_JAX_COMPILATION_CACHE", compilation_cache)
     monkeypatch.delenv("MNIST_JAX_DATA_DIR", raising=False)
 
 
