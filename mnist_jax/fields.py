@@ -300,7 +300,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "augment.max_shift",
         0,
         Int(0, 27),
-        "Training: shift each image by up to this many whole pixels in x and y (zero fill); 0: off.",
+        "Training: shift each image up to this many whole pixels in x and y (zero fill); 0: off.",
     ),
     F(
         "augment.max_rotation",
@@ -330,8 +330,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "augment.tta_shift",
         0,
         Int(0, 27),
-        "Final evaluation: also score the mean softmax of each image and 4 copies shifted this "
-        "many pixels (results.json 'tta'); 0: off.",
+        'Final eval: also score the mean softmax of 5 copies shifted this far ("tta"); 0: off.',
         resumable=True,
     ),
     F(
