@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import mnist_jax as mj
-from mnist_jax import config as config_lib, models
+from mnist_jax import config as config_lib, models, step
 from mnist_jax.errors import UserError
 from mnist_jax.models import own
 
@@ -153,6 +155,54 @@ def test_a_bad_model_file_is_one_error_naming_it(tmp_path, case):
     with pytest.raises(UserError, match=message) as e:
         models.create_model(c.model, 10)
     assert "\n" not in str(e.value)
+
+
+_FAULTY = """
+import sys
+import flax.linen as nn
+import jax.numpy as jnp
+{at_import}
+
+class Net(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        if train:
+            {in_train}
+        else:
+            {in_eval}
+        return nn.Dense(self.num_classes)(x)
+"""
+_FAULTS = ["pass", "sys.exit(3)", "sys.exit('bye')", "raise ValueError('x')",
+           "return nn.Dense(5)(x)", "return x[:, :10]",
+           "self.variable('stats', 'n', jnp.zeros, (3,)); return nn.Dense(10)(x)"]  # fmt: skip
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(
+    at_import=st.sampled_from(["", "sys.exit(0)", "sys.exit(2)", "raise RuntimeError('y')"]),
+    in_train=st.sampled_from(_FAULTS),
+    in_eval=st.sampled_from(_FAULTS[:5]),
+)
+def test_user_code_failing_at_import_or_in_either_call_is_one_error(
+    tmp_path_factory, at_import, in_train, in_eval
+):
+    """Whatever the file does at import, in the evaluation call or in the training call (an
+    exception, sys.exit, other logits, no parameters, state only training makes), the model
+    either passes the check and trains one step, or is one UserError line."""
+    path = tmp_path_factory.mktemp("faulty") / "net.py"
+    path.write_text(_FAULTY.format(at_import=at_import, in_train=in_train, in_eval=in_eval))
+    c = config_lib.get_config()
+    c.model.name = f"{path}:Net"
+    try:
+        model = models.create_model(c.model, 10)
+    except UserError as e:
+        assert "\n" not in str(e)
+        return
+    state = step.init_state(model, optax.sgd(0.1), 0)
+    images, labels = jnp.zeros((4, 784), jnp.uint8), jnp.zeros((4,), jnp.int32)
+    step.train_step(state, images, labels, model=model, tx=optax.sgd(0.1))
 
 
 @pytest.mark.parametrize("kind", ["missing", "fifo", "directory"])
