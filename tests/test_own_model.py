@@ -124,6 +124,28 @@ def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_p
         mj.load_run(tmp_path / "run")
     again = mj.train(_small(idx_dir, num_steps=30), tmp_path / "run", model=Local)  # Resumes.
     assert (again.results["num_steps"], again.results["resumed_from_step"]) == (30, 20)
+    # load_run takes it back as mj.train took it: a class (or instance), num_classes filled in.
+    for module in (Local, Local()):
+        back = mj.load_run(tmp_path / "run", model=module)
+        assert back.predict(np.zeros((1, 784))).shape == (1, 10)
+
+
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    given_model=st.sampled_from(
+        [int, 3, "mlp", lambda x: x, np.zeros(3), object(), type("NotModule", (), {}), [NET]]
+    )
+)
+def test_a_model_argument_that_is_no_linen_module_is_one_error(tmp_path_factory, given_model):
+    """mj.train(model=...) and mj.load_run(model=...) take a Linen module class or instance;
+    anything else is one UserError line, and nothing is written."""
+    wd = tmp_path_factory.mktemp("given") / "run"
+    for call in (lambda: mj.train(config_lib.get_config(), wd, model=given_model),
+                 lambda: mj.load_run(wd, model=given_model)):  # fmt: skip
+        with pytest.raises(UserError) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert not wd.exists()
 
 
 _NAMED = r"cannot import model file .*: "

@@ -119,6 +119,16 @@ def load_class(name: str, sha256: str = "") -> type[nn.Module]:
     return obj
 
 
+def check_given(given: Any) -> None:
+    """A UserError unless `given` (a `model=` argument) is a Linen module class or instance."""
+    if isinstance(given, nn.Module) or (isinstance(given, type) and issubclass(given, nn.Module)):
+        return
+    raise UserError(
+        f"model={given!r:.80}: expected a flax.linen.Module class or instance, got a "
+        f"{type(given).__name__}"
+    )
+
+
 def _attribute(module: Any, qual: str) -> Any:
     """`module.a.b` for qual 'a.b', or None."""
     obj = module
