@@ -241,6 +241,7 @@ def test_kwargs_must_name_fields_of_the_module(tmp_path):
     c.model.name = f"{_write(tmp_path / 'net.py')}:Net"
     for kwargs, message in [
         ("{'depth': 2}", r"'depth' is not a field of .* \(its fields: width\)"),
+        ("{'widht': 2}", r"'widht' is not a field of .*; did you mean width\?"),
         ("{'num_classes': 3}", r"num_classes is set from the data"),
     ]:
         c.model.kwargs = kwargs

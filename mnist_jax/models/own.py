@@ -192,6 +192,7 @@ def build(
         raise UserError(
             f"config.model.kwargs: {unknown[0]!r} is not a field of {name} "
             f"(its fields: {', '.join(sorted(fields - {'num_classes'})) or 'none'})"
+            + did_you_mean(unknown[0], fields - {"num_classes"})
         )
     classes = {"num_classes": num_classes} if "num_classes" in fields else {}
     try:
