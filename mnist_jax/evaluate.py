@@ -7,6 +7,7 @@ read off the parameters), and evaluation needs no training split.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -111,8 +112,12 @@ def _model_for(
     shapes = jax.tree_util.tree_map(np.shape, variables)
     params = variables["params"]
     counts = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
-    if given is not None:
-        candidates = [given]
+    if given is not None:  # Built as mj.train builds it, for each class count it may have.
+        models.own.check_given(given)
+        candidates = []
+        for k in sorted(counts):
+            with contextlib.suppress(UserError):
+                candidates.append(models.own.build("the given model", given, {}, int(k)))
     else:
         candidates = [models.create_model(config.model, int(k)) for k in sorted(counts)]
     for model in candidates:

@@ -1,7 +1,8 @@
 """Where a run starts: what its directory says (config, results, metrics, checkpoints),
 checked and restored without writing anything.
 
-A finished run has nothing to do; a diverged one is refused (a sweep keeps it as recorded); a
+A finished run has nothing to do (a warning names the resumable fields changed with it, not
+applied); a diverged one is refused (a sweep keeps it as recorded); a
 run with more steps than asked is refused; an allowed config change must keep the optimizer
 state's structure and then takes effect in the injected hyperparameters; the newest checkpoint
 is restored and verified (with `fallback`, corrupt newer ones are skipped and reported).
@@ -24,7 +25,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from mnist_jax import checkpoint as ckpt_lib, distributed, optim, step as step_lib
+from mnist_jax import (
+    checkpoint as ckpt_lib,
+    config as config_lib,
+    distributed,
+    optim,
+    step as step_lib,
+)
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import RunDir
 
@@ -60,7 +67,12 @@ def read(rundir: RunDir, config: ml_collections.ConfigDict, allow_change: bool) 
     rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
     steps = ckpt_lib.finalized_steps(rundir.checkpoints)
     results = rundir.results() or {}
-    return {"changed": changed, "finished": rundir.finished(), "steps": steps,
+    old = rundir.saved_config()
+    ignored = [] if old is None else [
+        f for f in config_lib.differing_fields(config_lib.to_dict(old), config_lib.to_dict(config))
+        if f not in changed and f not in ("num_steps", "plots")  # plots: a finished run draws.
+    ]  # fmt: skip
+    return {"changed": changed, "finished": rundir.finished(), "steps": steps, "ignored": ignored,
             "diverged": bool(results.get("diverged")), "results": results}  # fmt: skip
 
 
@@ -84,6 +96,12 @@ def start(
     saved, at, skipped = _restore(rundir, model, tx, seen["steps"], fallback)
     if finished and at == num_steps and not changed:
         logging.info("%s already finished %d steps; nothing to do", rundir.path, at)
+        if seen["ignored"]:  # They take effect only while a run trains: say they did not.
+            logging.warning(
+                "%s already finished: %s not applied (they take effect while a run trains; "
+                "raise num_steps to train on with them, or use a new --workdir)",
+                rundir.path, ", ".join(seen["ignored"]),
+            )  # fmt: skip
         return Start(None, finished)
     if at > num_steps:
         raise UserError(

@@ -57,8 +57,7 @@ class TrainState(flax.struct.PyTreeNode):
     model_state: dict[str, Any] = flax.struct.field(default_factory=dict)
 
 
-# Flax's `sow` collection: per-call outputs, not state carried from step to step.
-NOT_STATE = ("intermediates",)
+NOT_STATE = models.own.NOT_STATE  # Flax's `sow` collection: per-call outputs, not state.
 
 
 def init_variables(model: nn.Module, seed: int | jax.Array) -> dict[str, Any]:

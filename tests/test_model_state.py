@@ -153,7 +153,9 @@ def test_sweep_members_carry_their_own_batch_stats(tmp_path, bn_config, vectoriz
     """map: every member equals its single run to the bit; vmap: within float tolerance."""
     specs = ["optimizer.learning_rate=0.05,0.2", "seed=0,1"]
     members = sweep.members(bn_config, specs, tmp_path / "sweep")
-    driver.run(members, vectorize=vectorize, progress=False, model=bn_net())
+    for m in members:  # The module mj.train(model=...) would hand over.
+        m.model = bn_net()
+    driver.run(members, vectorize=vectorize, progress=False)
     for m in members:
         train_results(m.config, tmp_path / "single" / m.name, model=bn_net())
         single, member = saved_state(tmp_path / "single" / m.name), saved_state(m.rundir.path)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import mnist_jax as mj
-from mnist_jax import config as config_lib, models
+from mnist_jax import config as config_lib, models, step
 from mnist_jax.errors import UserError
 from mnist_jax.models import own
 
@@ -122,6 +124,28 @@ def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_p
         mj.load_run(tmp_path / "run")
     again = mj.train(_small(idx_dir, num_steps=30), tmp_path / "run", model=Local)  # Resumes.
     assert (again.results["num_steps"], again.results["resumed_from_step"]) == (30, 20)
+    # load_run takes it back as mj.train took it: a class (or instance), num_classes filled in.
+    for module in (Local, Local()):
+        back = mj.load_run(tmp_path / "run", model=module)
+        assert back.predict(np.zeros((1, 784))).shape == (1, 10)
+
+
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    given_model=st.sampled_from(
+        [int, 3, "mlp", lambda x: x, np.zeros(3), object(), type("NotModule", (), {}), [NET]]
+    )
+)
+def test_a_model_argument_that_is_no_linen_module_is_one_error(tmp_path_factory, given_model):
+    """mj.train(model=...) and mj.load_run(model=...) take a Linen module class or instance;
+    anything else is one UserError line, and nothing is written."""
+    wd = tmp_path_factory.mktemp("given") / "run"
+    for call in (lambda: mj.train(config_lib.get_config(), wd, model=given_model),
+                 lambda: mj.load_run(wd, model=given_model)):  # fmt: skip
+        with pytest.raises(UserError) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert not wd.exists()
 
 
 _NAMED = r"cannot import model file .*: "
@@ -155,6 +179,54 @@ def test_a_bad_model_file_is_one_error_naming_it(tmp_path, case):
     assert "\n" not in str(e.value)
 
 
+_FAULTY = """
+import sys
+import flax.linen as nn
+import jax.numpy as jnp
+{at_import}
+
+class Net(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        if train:
+            {in_train}
+        else:
+            {in_eval}
+        return nn.Dense(self.num_classes)(x)
+"""
+_FAULTS = ["pass", "sys.exit(3)", "sys.exit('bye')", "raise ValueError('x')",
+           "return nn.Dense(5)(x)", "return x[:, :10]",
+           "self.variable('stats', 'n', jnp.zeros, (3,)); return nn.Dense(10)(x)"]  # fmt: skip
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(
+    at_import=st.sampled_from(["", "sys.exit(0)", "sys.exit(2)", "raise RuntimeError('y')"]),
+    in_train=st.sampled_from(_FAULTS),
+    in_eval=st.sampled_from(_FAULTS[:5]),
+)
+def test_user_code_failing_at_import_or_in_either_call_is_one_error(
+    tmp_path_factory, at_import, in_train, in_eval
+):
+    """Whatever the file does at import, in the evaluation call or in the training call (an
+    exception, sys.exit, other logits, no parameters, state only training makes), the model
+    either passes the check and trains one step, or is one UserError line."""
+    path = tmp_path_factory.mktemp("faulty") / "net.py"
+    path.write_text(_FAULTY.format(at_import=at_import, in_train=in_train, in_eval=in_eval))
+    c = config_lib.get_config()
+    c.model.name = f"{path}:Net"
+    try:
+        model = models.create_model(c.model, 10)
+    except UserError as e:
+        assert "\n" not in str(e)
+        return
+    state = step.init_state(model, optax.sgd(0.1), 0)
+    images, labels = jnp.zeros((4, 784), jnp.uint8), jnp.zeros((4,), jnp.int32)
+    step.train_step(state, images, labels, model=model, tx=optax.sgd(0.1))
+
+
 @pytest.mark.parametrize("kind", ["missing", "fifo", "directory"])
 def test_a_model_file_that_is_not_a_regular_file_is_named(tmp_path, kind):
     path = tmp_path / "net.py"
@@ -169,6 +241,7 @@ def test_kwargs_must_name_fields_of_the_module(tmp_path):
     c.model.name = f"{_write(tmp_path / 'net.py')}:Net"
     for kwargs, message in [
         ("{'depth': 2}", r"'depth' is not a field of .* \(its fields: width\)"),
+        ("{'widht': 2}", r"'widht' is not a field of .*; did you mean width\?"),
         ("{'num_classes': 3}", r"num_classes is set from the data"),
     ]:
         c.model.kwargs = kwargs

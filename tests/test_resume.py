@@ -237,3 +237,37 @@ def test_a_resume_onto_other_data_is_refused_and_moved_data_is_not(idx_dir, tmp_
     assert any("--allow_config_change: " in w and "trained on other data" in w for w in warnings)
     jump = "--allow_config_change: the learning rate of step 41 jumps from 0.05 (the schedule"
     assert any(jump in w and w.endswith("to 0.5") for w in warnings), warnings
+
+
+_RESUMABLE_CHANGES = [
+    ("augment.tta_shift", 2), ("eval_batch_size", 100), ("checkpoint_every_steps", 5),
+    ("checkpoints_to_keep", 5), ("num_periods", 4), ("tensorboard", True),
+    ("steps_per_call", 5), ("profile_steps", 3),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(idx_dir, tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("finished") / "run"
+    train_results(small_config(idx_dir, "linear", num_steps=20, num_periods=2), wd)
+    return wd
+
+
+@settings(derandomize=True, max_examples=6, deadline=None)
+@given(changes=st.lists(st.sampled_from(_RESUMABLE_CHANGES), min_size=1, max_size=3,
+                        unique_by=lambda fv: fv[0]))  # fmt: skip
+def test_a_finished_run_says_which_resumable_changes_it_did_not_apply(
+    idx_dir, finished_run, changes, caplog
+):
+    """A finished run given the same num_steps has nothing to do; a resumable field changed
+    with it (one that takes effect while a run trains) is named, not silently dropped."""
+    c = small_config(idx_dir, "linear", num_steps=20, num_periods=2)
+    for field, value in changes:
+        parent, _, leaf = field.rpartition(".")
+        setattr(c[parent] if parent else c, leaf, value)
+    before = _snapshot(finished_run)
+    caplog.clear()
+    train_results(c, finished_run)
+    assert _snapshot(finished_run) == before
+    said = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
+    assert len(said) == 1 and all(field in said[0] for field, _ in changes), said

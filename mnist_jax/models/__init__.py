@@ -121,6 +121,7 @@ def record(
     model_config = model_config.copy_and_resolve_references()
     with model_config.unlocked():
         if given is not None:
+            own.check_given(given)
             cls = given if isinstance(given, type) else type(given)
             path = own.import_path(cls)
             kwargs = (

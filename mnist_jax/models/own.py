@@ -34,6 +34,11 @@ _MODULE_SPEC = re.compile(rf"(?P<target>{_QUAL}):(?P<qual>{_QUAL})")
 _FILE_SPEC = re.compile(rf"(?P<target>.+\.py):(?P<qual>{_QUAL})")
 _GIVEN = re.compile(r"<(?P<qual>[\w.]+(?:<locals>[\w.]+)*)>")  # <module.QualName>
 SPEC_HELP = "path/to/file.py:ClassName or package.module:ClassName"
+# Flax's `sow` collection: per-call outputs, not state carried from step to step.
+NOT_STATE = ("intermediates",)
+# What running the user's code may raise that is its failure: an exception, or sys.exit()
+# (KeyboardInterrupt stays an interrupt).
+CODE_ERRORS = (Exception, SystemExit)
 
 
 class Spec(NamedTuple):
@@ -114,6 +119,16 @@ def load_class(name: str, sha256: str = "") -> type[nn.Module]:
     return obj
 
 
+def check_given(given: Any) -> None:
+    """A UserError unless `given` (a `model=` argument) is a Linen module class or instance."""
+    if isinstance(given, nn.Module) or (isinstance(given, type) and issubclass(given, nn.Module)):
+        return
+    raise UserError(
+        f"model={given!r:.80}: expected a flax.linen.Module class or instance, got a "
+        f"{type(given).__name__}"
+    )
+
+
 def _attribute(module: Any, qual: str) -> Any:
     """`module.a.b` for qual 'a.b', or None."""
     obj = module
@@ -142,7 +157,7 @@ def _load_file(name: str, path: str, sha256: str) -> Any:
         spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[module_name]
-        if not isinstance(e, Exception):
+        if not isinstance(e, CODE_ERRORS):
             raise
         raise UserError(f"cannot import model file {path}: {_one_line(e)}") from None
     return module
@@ -151,7 +166,7 @@ def _load_file(name: str, path: str, sha256: str) -> Any:
 def _import(name: str, spec: Spec) -> Any:
     try:
         return importlib.import_module(spec.target)
-    except Exception as e:
+    except CODE_ERRORS as e:
         raise UserError(
             f"config.model.name={name!r}: cannot import {spec.target}: {_one_line(e)}"
         ) from None
@@ -177,11 +192,12 @@ def build(
         raise UserError(
             f"config.model.kwargs: {unknown[0]!r} is not a field of {name} "
             f"(its fields: {', '.join(sorted(fields - {'num_classes'})) or 'none'})"
+            + did_you_mean(unknown[0], fields - {"num_classes"})
         )
     classes = {"num_classes": num_classes} if "num_classes" in fields else {}
     try:
         module = model(**kwargs, **classes) if isinstance(model, type) else model.clone(**classes)
-    except Exception as e:
+    except CODE_ERRORS as e:
         raise UserError(f"cannot construct {name}: {_one_line(e)}") from None
     check_output(name, module, num_classes)
     return module
@@ -190,30 +206,54 @@ def build(
 def output(module: nn.Module) -> Any:
     """What `module(images, train=False)` returns for (2, 784) float images, as shapes and
     dtypes (computed abstractly: no arrays are made)."""
-    key = jax.random.PRNGKey(0)
-    images = jax.ShapeDtypeStruct((2, NUM_PIXELS), jnp.float32)
-    out, _ = jax.eval_shape(
-        lambda x: module.init_with_output({"params": key, "dropout": key}, x, train=False), images
-    )
-    return out
+    return _abstract_calls(module)[0]
+
+
+def _abstract_calls(module: nn.Module) -> tuple[Any, Any, Any, Any]:
+    """Abstractly, as the training step and evaluation call it on (2, 784) float images:
+    (evaluation logits, variables from init, training logits, state the training call
+    returns)."""
+    keys = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+
+    def calls(x):
+        out, variables = module.init_with_output(keys, x, train=False)
+        state = {k: v for k, v in variables.items() if k not in ("params", *NOT_STATE)}
+        train_out, new_state = module.apply(
+            {**state, "params": variables.get("params", {})}, x, train=True,
+            rngs={"dropout": keys["dropout"]}, mutable=list(state),
+        )  # fmt: skip
+        return out, variables, train_out, new_state
+
+    return jax.eval_shape(calls, jax.ShapeDtypeStruct((2, NUM_PIXELS), jnp.float32))
 
 
 def check_output(name: str, module: nn.Module, num_classes: int) -> None:
-    """A UserError unless `module(images, train=False)` maps (2, 784) float images to (2,
-    num_classes) float logits."""
+    """A UserError unless `module(images, train=False)` and `module(images, train=True)` (as
+    the training step calls it) map (2, 784) float images to (2, num_classes) float logits,
+    it declares parameters, and the training call returns its state as init made it."""
     try:
-        out = output(module)
-    except Exception as e:
+        out, variables, train_out, new_state = _abstract_calls(module)
+    except CODE_ERRORS as e:
         raise UserError(
-            f"{name}: calling it as module(images, train=False) on (2, {NUM_PIXELS}) images "
-            f"failed: {_one_line(e)}"
+            f"{name}: calling it as module(images, train=False) and module(images, train=True) "
+            f"on (2, {NUM_PIXELS}) images failed: {_one_line(e)}"
         ) from None
-    shape = getattr(out, "shape", None)
-    if shape != (2, num_classes) or not jnp.issubdtype(out.dtype, jnp.floating):
-        got = f"{shape} {out.dtype}" if shape is not None else type(out).__name__
+    for train, logits in ((False, out), (True, train_out)):
+        shape = getattr(logits, "shape", None)
+        if shape != (2, num_classes) or not jnp.issubdtype(logits.dtype, jnp.floating):
+            got = f"{shape} {logits.dtype}" if shape is not None else type(logits).__name__
+            raise UserError(
+                f"{name}: returns {got} for (2, {NUM_PIXELS}) images with train={train}; the "
+                f"contract is float logits of shape (n, num_classes) = (2, {num_classes})"
+            )
+    if not jax.tree_util.tree_leaves(variables.get("params", {})):
+        raise UserError(f"{name}: declares no parameters (nothing to train)")
+    state = {k: v for k, v in variables.items() if k not in ("params", *NOT_STATE)}
+    shapes = [jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t) for t in (new_state, state)]
+    if shapes[0] != shapes[1]:
         raise UserError(
-            f"{name}: returns {got} for (2, {NUM_PIXELS}) images; the contract is float "
-            f"logits of shape (n, num_classes) = (2, {num_classes})"
+            f"{name}: the training call changes the structure, shapes or dtypes of its state "
+            f"({', '.join(state) or 'none'}) from what init made; keep them as init makes them"
         )
 
 
