@@ -10,7 +10,7 @@ of each 2x2 window times a per-map coefficient, plus a per-map bias.
 
 What differs from the paper: the output is a dense layer (850 parameters) whose logits go to
 softmax cross-entropy, not Euclidean RBF units with fixed 7x12 bitmap codes and the MAP
-criterion; weights start from `model.kernel_init` (the paper: uniform in +-2.4 / fan-in);
+criterion; weights start from config.model.kernel_init (the paper: uniform in +-2.4 / fan-in);
 training (configs/lenet5.py) is by minibatch optax, not stochastic diagonal Levenberg-Marquardt.
 `model.lenet5_c3 = 'full'` connects every C3 map to every S2 map (2,416 parameters) instead.
 Inputs are mapped from [0, 1] to the paper's [-0.1, 1.175] (mean about 0, variance about 1).
