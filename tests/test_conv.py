@@ -13,8 +13,9 @@ from mnist_jax import conv, models
 RTOL, ATOL = 1e-5, 1e-5
 
 
-def _pair(features: int, k: int, form: str) -> tuple[nn.Module, nn.Module]:
-    return nn.Conv(features, (k, k), padding="SAME"), conv.Conv(features, k, form)
+def _pair(features: int, k: int, form: str, bias: bool = True) -> tuple[nn.Module, nn.Module]:
+    native = nn.Conv(features, (k, k), padding="SAME", use_bias=bias)
+    return native, conv.Conv(features, k, form, use_bias=bias)
 
 
 def _output_and_grads(module: nn.Module, params, x, cotangent):
@@ -34,11 +35,12 @@ def _output_and_grads(module: nn.Module, params, x, cotangent):
     features=st.integers(1, 8),
     k=st.sampled_from((3, 5)),
     seed=st.integers(0, 2**16),
+    bias=st.booleans(),
 )
 def test_every_form_gives_nn_convs_output_and_gradients(
-    form, batch, side, channels, features, k, seed
+    form, batch, side, channels, features, k, seed, bias
 ):
-    native, other = _pair(features, k, form)
+    native, other = _pair(features, k, form, bias)
     k_params, k_x, k_cot = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(k_x, (batch, side, side, channels))
     params = native.init(k_params, x)["params"]
@@ -54,10 +56,12 @@ def test_every_form_gives_nn_convs_output_and_gradients(
     jax.tree_util.tree_map(close, g_native, g_other)
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("form", conv.FORMS)
-def test_every_form_has_nn_convs_parameter_tree(form):
-    """Same names, shapes and initial values: a checkpoint of one form restores into another."""
-    native, other = _pair(6, 3, form)
+def test_every_form_has_nn_convs_parameter_tree(form, bias):
+    """Same names, shapes and initial values: a checkpoint of one form restores into another
+    (without a bias: the kernel alone, as bn_cnn's convs)."""
+    native, other = _pair(6, 3, form, bias)
     x = jnp.zeros((1, 7, 7, 2))
     p_native = native.init(jax.random.PRNGKey(3), x)
     p_other = other.init(jax.random.PRNGKey(3), x)
