@@ -1,5 +1,6 @@
 """LeNet-5 (LeCun et al. 1998) for 20 epochs, the paper's length (its 0.95% test error is the
-target): batch 128, Adam with a one-cycle schedule (peak 0.003), no augmentation.
+target; not yet measured here on full MNIST): batch 128, Adam with a one-cycle schedule (peak
+0.003), no augmentation.
 
 What differs from the paper's recipe: minibatch Adam, not per-example stochastic diagonal
 Levenberg-Marquardt with a hand-stepped rate (0.0005 down to 0.00001); softmax cross-entropy on

@@ -132,7 +132,7 @@ class LeNet5(nn.Module):
         init = KERNEL_INITS[self.kernel_init]
         impl = self.conv_impl if train else "native"
         side = math.isqrt(x.shape[-1])
-        x = x.reshape(-1, side, side, 1) * 1.275 - 0.1  # White 0 -> -0.1, black 1 -> 1.175.
+        x = x.reshape(-1, side, side, 1) * 1.275 - 0.1  # Background 0 -> -0.1, ink 1 -> 1.175.
         x = jnp.pad(x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), constant_values=-0.1)
         x = squash(ConvLayer(6, init, impl, name="C1")(x))
         x = squash(Subsample(name="S2")(x))
