@@ -35,12 +35,11 @@ def _output_and_grads(module: nn.Module, params, x, cotangent):
     features=st.integers(1, 8),
     k=st.sampled_from((3, 5)),
     seed=st.integers(0, 2**16),
-    bias=st.booleans(),
 )
 def test_every_form_gives_nn_convs_output_and_gradients(
-    form, batch, side, channels, features, k, seed, bias
+    form, batch, side, channels, features, k, seed
 ):
-    native, other = _pair(features, k, form, bias)
+    native, other = _pair(features, k, form)
     k_params, k_x, k_cot = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(k_x, (batch, side, side, channels))
     params = native.init(k_params, x)["params"]
