@@ -74,8 +74,8 @@ _FUNCTIONS = {"slices": conv_slices, "vjp": conv_vjp}
 
 
 class Conv(nn.Module):
-    """`nn.Conv(features, (kernel_size,) * 2, padding="SAME")` computed in `form` (see FORMS);
-    `dtype` (e.g. bfloat16) is the compute type, parameters stay float32."""
+    """`nn.Conv(features, (kernel_size,) * 2, padding="SAME", use_bias=...)` computed in `form` (see
+    FORMS); `dtype` (e.g. bfloat16) is the compute type, parameters stay float32."""
 
     features: int
     kernel_size: int = 5
@@ -83,6 +83,7 @@ class Conv(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     dtype: jnp.dtype | None = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -90,7 +91,8 @@ class Conv(nn.Module):
         if k % 2 != 1:
             raise ValueError(f"kernel_size must be odd for SAME padding, got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, c, self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
         dtype = self.dtype or x.dtype
         y = _FUNCTIONS[self.form](x.astype(dtype), kernel.astype(dtype))
-        return y + bias.astype(dtype)
+        if not self.use_bias:  # Like nn.Conv(use_bias=False): no `bias` parameter.
+            return y
+        return y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)

@@ -19,8 +19,8 @@ from test_export import CLEAN_CALLER
 from test_scale import assert_same_metrics
 
 from mnist_jax import api, checkpoint, data, driver, export, optim, step, sweep
-from mnist_jax.bn_cnn import BNCNN
 from mnist_jax.errors import UserError
+from mnist_jax.models import BNCNN
 from mnist_jax.sharding import Placement
 
 from conftest import REPO, bn_net, saved_state, small_config, train_results

@@ -11,9 +11,9 @@ evaluation. A module may declare mutable collections besides `params` (BatchNorm
 defaults unless `config.model.kwargs` sets them: a Python dict literal such as
 "{'width': 64}".
 
-`config.model.name` is a shipped family (`linear`, `mlp`, `cnn`: one module each here, which
-owns its config fields, their rules and docs, and its cross-field rules `check`, and builds the
-module with `build`), or your own as `path/to/file.py:ClassName` or
+`config.model.name` is a shipped family (`linear`, `mlp`, `cnn`, `bn_cnn`, `lenet5`: one
+module each here, which owns its config fields, their rules and docs, and its cross-field rules
+`check`, and builds the module with `build`), or your own as `path/to/file.py:ClassName` or
 `package.module:ClassName` (loaded and checked in `models.own`). `mj.train(config, workdir,
 model=...)` takes a module class or instance from Python. A new shipped family is one module
 here (NAME, FIELDS, check, build) added to FAMILIES, plus a config in configs/.
@@ -34,13 +34,14 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.fields import FieldSpec
-from mnist_jax.models import cnn, common, linear, mlp, own
+from mnist_jax.models import bn_cnn, cnn, common, lenet5, linear, mlp, own
+from mnist_jax.models.bn_cnn import BNCNN
 from mnist_jax.models.cnn import CNN, CONV_IMPLS, resolve_conv_impl
 from mnist_jax.models.common import KERNEL_INITS
 from mnist_jax.models.linear import Linear
 from mnist_jax.models.mlp import MLP
 
-FAMILIES = {f.NAME: f for f in (linear, mlp, cnn)}
+FAMILIES = {f.NAME: f for f in (linear, mlp, cnn, bn_cnn, lenet5)}
 MODELS = tuple(FAMILIES)
 
 
@@ -148,6 +149,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
+    "BNCNN",
     "CNN",
     "CONV_IMPLS",
     "FAMILIES",

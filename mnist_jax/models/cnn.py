@@ -37,7 +37,7 @@ FIELDS = (
         "model.conv_features",
         (32, 64),
         _conv_features,
-        "Filters of each 5x5 conv + 2x2 max-pool layer.",
+        "Filters of each conv + 2x2 max-pool layer (cnn: 5x5; bn_cnn: 3x3 + BatchNorm).",
         owner=NAME,
     ),
     FieldSpec(

@@ -18,14 +18,14 @@ FIELDS = (
         "model.hidden_units",
         (128,),
         IntTuple(MAX_UNITS),
-        "Units of each hidden ReLU layer (mlp; cnn: after the convs).",
+        "Units of each hidden ReLU layer (mlp; cnn, bn_cnn: after the convs).",
         owner=NAME,
     ),
     FieldSpec(
         "model.dropout_rate",
         0.0,
         Float(0, 1, hi_open=True),
-        "Dropout after each hidden layer while training (mlp, cnn).",
+        "Dropout after the hidden layers while training (mlp, cnn: each; bn_cnn: the last).",
         owner=NAME,
     ),
 )
