@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from throughput import timed  # benchmarks/ is on the path when a script here runs.
 
 from mnist_jax import conv, optim, step
 
@@ -105,16 +106,6 @@ def optimizer(steps: int):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return optim.make_optimizer(module.get_config().optimizer, steps)
-
-
-def timed(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls of `fn` (which blocks until its result is ready)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def train_rate(model: nn.Module, batch: int, steps: int, repeats: int) -> tuple[float, float]:
