@@ -254,9 +254,10 @@ def test_kwargs_must_name_fields_of_the_module(tmp_path):
 
 def test_bad_specs_through_the_cli_are_one_line_and_write_nothing(tmp_path, idx_dir):
     wd = tmp_path / "run"
+    families = ", ".join(models.MODELS)
     for spec, message in [("nope.py:Net", f"model file {REPO}/nope.py: file not found"),
                           ("no_such_pkg_xyz.mod:Net", "cannot import no_such_pkg_xyz.mod"),
-                          ("net.py", "choose one of linear, mlp, cnn, or your own")]:  # fmt: skip
+                          ("net.py", f"choose one of {families}, or your own")]:  # fmt: skip
         proc = _cli(*main_args(idx_dir, wd, f"--config.model.name={spec}", *QUICK))
         assert message in one_error_line(**_rc_err(proc))
         assert not wd.exists()

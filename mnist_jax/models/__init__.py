@@ -64,7 +64,10 @@ def _sha_rule(v: Any) -> str | None:
 
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
-        "model.name", "mlp", _name_rule, f"{' | '.join(MODELS)} | your own: {own.SPEC_HELP}."
+        "model.name",
+        "mlp",
+        _name_rule,
+        f"{' | '.join(MODELS)} | your own: file.py:Class or module:Class.",
     ),
     FieldSpec("model.kwargs", "", _kwargs_rule, "Your own model's fields, e.g. \"{'width': 64}\"."),
     FieldSpec(
