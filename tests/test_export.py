@@ -70,20 +70,26 @@ CLEAN_CALLER = (
 )
 
 
+def call_in_a_clean_process(directory, inputs: dict[str, np.ndarray]):
+    """CLEAN_CALLER run in a fresh interpreter in `directory` (its `NAME.jax` artifacts, no
+    PYTHONPATH): the outputs of `inputs` (named `NAME_...`), as a loaded npz."""
+    np.savez(directory / "in.npz", **inputs)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLEAN_CALLER, "in.npz", "out.npz"],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(directory / "out.npz")
+
+
 def test_plain_jax_in_a_clean_process_calls_the_artifact_like_run_predict(tmp_path, runs):
     inputs = {}
     for model, run in runs.items():
         (tmp_path / f"{model}.jax").write_bytes(artifact(run))
         for n in BATCHES:
             inputs[f"{model}_{n}"] = pixels(n, n)
-    np.savez(tmp_path / "in.npz", **inputs)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CLEAN_CALLER, "in.npz", "out.npz"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    probs = np.load(tmp_path / "out.npz")
+    probs = call_in_a_clean_process(tmp_path, inputs)
     for name, images in inputs.items():
         expected = runs[name.split("_")[0]].predict(images)
         assert probs[name].shape == expected.shape == (len(images), 10)

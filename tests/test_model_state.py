@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_export import CLEAN_CALLER
+from test_export import call_in_a_clean_process
 from test_scale import assert_same_metrics
 
 from mnist_jax import api, checkpoint, data, driver, export, optim, step, sweep
@@ -214,13 +214,7 @@ def test_restore_predict_and_export_use_the_running_averages(tmp_path, bn_config
     assert_same_bits(loaded.predict(images), probs)
     np.testing.assert_allclose(run.predict(images[:1]), probs[:1], atol=1e-6)  # Batch-free.
     (tmp_path / "bn.jax").write_bytes(export.exported(loaded.model, loaded.variables).serialize())
-    np.savez(tmp_path / "in.npz", bn_64=images)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CLEAN_CALLER, "in.npz", "out.npz"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["bn_64"], probs, atol=1e-5, rtol=0)
+    out = call_in_a_clean_process(tmp_path, {"bn_64": images})
+    np.testing.assert_allclose(out["bn_64"], probs, atol=1e-5, rtol=0)
     with pytest.raises(UserError, match="does not match the given model"):
         api.load_run(tmp_path / "run", model=bn_net(units=16))
