@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -60,7 +61,7 @@ CEILING_SIDE = 2048
 
 class Net(nn.Module):
     """conv -> ReLU -> 2x2 max-pool per layer, ReLU dense layers, classifier; (n, 784) input.
-    Parameters float32; `dtype` is the compute type."""
+    Parameters float32; `dtype` is the compute type; `pool` the max-pool's form."""
 
     features: Sequence[int]
     kernels: Sequence[int]
@@ -68,6 +69,7 @@ class Net(nn.Module):
     dropout: float
     form: str
     dtype: str = "float32"
+    pool: str = "max_pool2"  # The models' conv.max_pool2, or nn.max_pool ("reduce_window").
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -78,7 +80,9 @@ class Net(nn.Module):
                 c = nn.Conv(f, (k, k), padding="SAME", dtype=dt)
             else:
                 c = conv.Conv(f, k, self.form, dtype=dt)
-            x = nn.max_pool(nn.relu(c(x)), (2, 2), strides=(2, 2))
+            x = nn.relu(c(x))
+            pooled = conv.max_pool2(x) if self.pool == "max_pool2" else None
+            x = nn.max_pool(x, (2, 2), strides=(2, 2)) if pooled is None else pooled
         x = x.reshape(x.shape[0], -1)
         for units in self.hidden:
             x = nn.relu(nn.Dense(units, dtype=dt)(x))
@@ -183,14 +187,14 @@ def in_process(args, header: dict) -> None:
         features, kernels, hidden, dropout = NETS[net]
         gflop = 3 * 2 * forward_macs(net) / 1e9  # Per example, forward + backward.
         for batch in map(int, args.batch_sizes.split(",")):
-            for form in args.forms.split(","):
-                for dtype in args.dtypes.split(","):
-                    model = Net(features, kernels, hidden, dropout, form, dtype)
-                    rate, compile_s = train_rate(model, batch, args.steps, args.repeats)
-                    row = {**header, "net": net, "form": form, "dtype": dtype, "batch": batch}
-                    row.update(examples_per_sec=round(rate), gflops=round(rate * gflop, 1))
-                    row.update(ratio_to_matmul_ceiling=round(rate * gflop / ceiling, 3))
-                    print(json.dumps({**row, "compile_s": round(compile_s, 2)}), flush=True)
+            for form, dtype, pool in itertools.product(*(args.forms, args.dtypes, args.pools)):
+                model = Net(features, kernels, hidden, dropout, form, dtype, pool)
+                rate, compile_s = train_rate(model, batch, args.steps, args.repeats)
+                row = {**header, "net": net, "form": form, "dtype": dtype, "batch": batch}
+                row.update({"pool": pool} if pool != "max_pool2" else {})
+                row.update(examples_per_sec=round(rate), gflops=round(rate * gflop, 1))
+                row.update(ratio_to_matmul_ceiling=round(rate * gflop / ceiling, 3))
+                print(json.dumps({**row, "compile_s": round(compile_s, 2)}), flush=True)
             if args.torch:
                 rate = torch_rate(net, batch, args.steps, args.repeats)
                 row = {**header, "net": net, "form": "torch", "batch": batch}
@@ -208,12 +212,18 @@ def main() -> None:
     parser.add_argument("--nets", default=",".join(NETS))
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--dtypes", default="float32", help="compute types, e.g. float32,bfloat16")
+    parser.add_argument("--pools", default="max_pool2", help="max_pool2 and/or reduce_window")
     parser.add_argument("--batch_sizes", default="256")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed call")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--torch", action="store_true", help="also time PyTorch, if installed")
     parser.add_argument("--xla_settings", default="", help=f"subset of {','.join(XLA_SETTINGS)}")
     args = parser.parse_args()
+    args.forms, args.dtypes, args.pools = (
+        a.split(",") for a in (args.forms, args.dtypes, args.pools)
+    )
+    if bad := set(args.pools) - {"max_pool2", "reduce_window"}:
+        sys.exit(f"error: --pools: {sorted(bad)} not in max_pool2, reduce_window")
     for name in filter(None, args.xla_settings.split(",")):
         if name not in XLA_SETTINGS:
             sys.exit(f"error: --xla_settings: {name!r} is not one of {', '.join(XLA_SETTINGS)}")

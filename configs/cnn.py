@@ -2,7 +2,7 @@
 256-unit dense layer with dropout 0.25, Adam with a one-cycle schedule, 6 epochs of batch 128.
 
 Trades time for accuracy: about 3x the training compute of configs/fast_cnn.py (a wider dense
-layer, dropout, 3x the epochs). conv_impl auto trains with the slices form on CPU.
+layer, dropout, 3x the epochs). conv_impl auto trains with conv.py's cpu form on CPU.
 """
 
 from mnist_jax import config as base
@@ -14,7 +14,7 @@ def get_config():
     c.model.conv_features = (16, 32)
     c.model.hidden_units = (256,)
     c.model.dropout_rate = 0.25
-    c.model.conv_impl = "auto"  # slices on CPU, nn.Conv elsewhere: the same parameters.
+    c.model.conv_impl = "auto"  # cpu form on CPU, nn.Conv elsewhere: the same parameters.
     c.batch_size = 128
     c.num_steps = 0
     c.num_epochs = 6.0

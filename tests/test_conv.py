@@ -115,3 +115,42 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_an_even_kernel_size_is_refused():
     with pytest.raises(ValueError, match="odd"):
         conv.Conv(4, 4).init(jax.random.PRNGKey(0), jnp.ones((1, 6, 6, 1)))
+
+
+def _train_jaxpr(function, channels: int) -> str:
+    x, kernel = jnp.ones((1, 6, 6, channels)), jnp.ones((3, 3, channels, 2))
+    loss = lambda x, k: jnp.sum(function(x, k))  # noqa: E731
+    return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel))
+
+
+@pytest.mark.parametrize("channels", [1, conv.NARROW_INPUT - 1, conv.NARROW_INPUT, 16])
+def test_the_cpu_form_takes_slices_for_a_narrow_input_and_vjp_for_a_wide_one(channels):
+    narrow = channels < conv.NARROW_INPUT
+    expected = _train_jaxpr(conv.conv_slices if narrow else conv.conv_vjp, channels)
+    assert _train_jaxpr(conv.conv_cpu, channels) == expected
+    assert ("conv_general_dilated" in expected) != narrow  # vjp: canonical convolutions.
+
+
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3)),
+    levels=st.integers(2, 1000),
+    seed=st.integers(0, 2**16),
+)
+def test_max_pool2_gives_nn_max_pools_values_and_its_gradient_without_ties(shape, levels, seed):
+    """Few `levels` make ties (then the gradient is shared among them, nn.max_pool's goes to
+    one; both sum to the same); many make none (then the gradients are equal)."""
+    b, h, w, c = shape
+    x = jax.random.randint(jax.random.PRNGKey(seed), (b, 2 * h, 2 * w, c), 0, levels) / levels
+    native = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(conv.max_pool2(x), native(x))
+    cot = jax.random.normal(jax.random.PRNGKey(seed + 1), (b, h, w, c))
+    g_ours, g_native = (
+        jax.grad(lambda x, f=f: jnp.sum(f(x) * cot))(x) for f in (conv.max_pool2, native)
+    )
+    windows = lambda g: g.reshape(b, h, 2, w, 2, c).sum(axis=(2, 4))  # noqa: E731
+    np.testing.assert_allclose(windows(g_ours), windows(g_native), rtol=1e-6, atol=1e-6)
+    blocks = np.asarray(x).reshape(b, h, 2, w, 2, c)
+    top = blocks.max(axis=(2, 4), keepdims=True)
+    if np.all((blocks == top).sum(axis=(2, 4)) == 1):  # No ties: the very same gradient.
+        np.testing.assert_array_equal(g_ours, g_native)

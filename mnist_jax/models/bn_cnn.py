@@ -42,8 +42,9 @@ class BNCNN(nn.Module):
     """Blocks of 3x3 conv -> BatchNorm -> relu -> 2x2 max-pool (one per `conv_features`),
     then dense -> BatchNorm -> relu per `hidden_units`, dropout, and the classifier.
 
-    `conv_impl` (native, slices or vjp; conv.py) picks the conv's form for training, as in
-    the cnn family; evaluation uses nn.Conv. Every form has the same parameter tree.
+    `conv_impl` (native, slices, vjp or cpu; conv.py) picks the conv's form for training, as
+    in the cnn family; evaluation uses nn.Conv. Every form has the same parameter tree. Pools
+    are conv.max_pool2.
     """
 
     num_classes: int = 10
@@ -72,7 +73,7 @@ class BNCNN(nn.Module):
                 conv = conv_forms.Conv(
                     features, KERNEL_SIZE, self.conv_impl, init, use_bias=False, name=f"Conv_{i}"
                 )
-            x = nn.max_pool(nn.relu(norm(conv(x))), (2, 2), strides=(2, 2))
+            x = conv_forms.max_pool2(nn.relu(norm(conv(x))))
         x = x.reshape(x.shape[0], -1)
         for units in self.hidden_units:
             x = nn.relu(norm(nn.Dense(units, use_bias=False, kernel_init=init)(x)))
@@ -92,8 +93,7 @@ def check(model_config: ml_collections.ConfigDict) -> None:
 
 
 def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The BNCNN module `model_config` describes (conv_impl auto is decided here: slices on
-    CPU)."""
+    """The BNCNN module `model_config` describes (conv_impl auto is decided here, as for cnn)."""
     return BNCNN(
         num_classes,
         tuple(model_config.conv_features),

@@ -1,6 +1,6 @@
 """`cnn`: 5x5 convolutions with 2x2 max-pools, then dense layers; the convolution in one of
-three forms (nn.Conv, or conv.py's `slices` one matmul or `vjp` custom_vjp) and `conv_impl`
-auto's choice between them."""
+the forms of conv.py (nn.Conv, `slices` one matmul, `vjp` custom_vjp, or `cpu` per layer) and
+`conv_impl` auto's choice between them."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ FIELDS = (
         "model.conv_impl",
         "auto",
         Choice(lambda: CONV_IMPLS),
-        "native | slices | vjp | auto (slices on CPU, native elsewhere).",
+        "native | slices | vjp | auto (CPU: slices on 1 channel, then vjp; native elsewhere).",
         owner=NAME,
     ),
 )
@@ -54,9 +54,10 @@ class CNN(nn.Module):
     """5x5 SAME conv -> ReLU -> 2x2 max-pool per `conv_features`, then ReLU dense layers (with
     dropout) and the classifier. Takes flat (n, 784) float images.
 
-    `conv_impl` (native: nn.Conv, or slices / vjp: conv.Conv in that form; the same function
-    of the same parameter tree) picks the form for training, where the gradient
-    is taken. Inference (train=False) always uses nn.Conv: its forward is as fast or faster on
+    `conv_impl` (native: nn.Conv, or slices / vjp / cpu: conv.Conv in that form; the same
+    function of the same parameter tree) picks the form for training, where the gradient
+    is taken. Pools are conv.max_pool2 (nn.max_pool's values, a faster gradient).
+    Inference (train=False) always uses nn.Conv: its forward is as fast or faster on
     every backend (4x on XLA:CPU, benchmarks/conv_forms.py) and does not hold 25 copies of each
     conv's input.
     """
@@ -82,7 +83,7 @@ class CNN(nn.Module):
                 conv = conv_forms.Conv(
                     features, KERNEL_SIZE, self.conv_impl, init, name=f"Conv_{i}"
                 )
-            x = nn.max_pool(nn.relu(conv(x)), (2, 2), strides=(2, 2))
+            x = conv_forms.max_pool2(nn.relu(conv(x)))
         x = x.reshape(x.shape[0], -1)
         for i, units in enumerate(self.hidden_units):
             x = nn.relu(nn.Dense(units, kernel_init=init, name=f"Dense_{i}")(x))
@@ -101,10 +102,11 @@ def check(model_config: ml_collections.ConfigDict) -> None:
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
-    """auto -> slices on CPU (XLA:CPU's conv backward is ~20x slower than the matmul form),
-    native on accelerators (cuDNN/TPU convs are fast; slices would cost 25x activation memory)."""
+    """auto -> conv.py's `cpu` form on CPU (XLA:CPU's nn.Conv backward is ~20x slower than the
+    matmul forms; `cpu` picks slices or vjp per layer), native on accelerators (cuDNN/TPU convs
+    are fast; slices would cost k*k times the activation memory)."""
     if conv_impl == "auto":
-        return "slices" if jax.default_backend() == "cpu" else "native"
+        return "cpu" if jax.default_backend() == "cpu" else "native"
     return conv_impl
 
 

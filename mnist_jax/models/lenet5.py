@@ -66,14 +66,14 @@ def squash(a: jax.Array) -> jax.Array:
 
 
 def valid_conv(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
-    """A stride-1 VALID convolution (NHWC, HWIO). `native`: lax's; `slices`/`vjp`: conv.py's
+    """A stride-1 VALID convolution (NHWC, HWIO). `native`: lax's; `slices`/`vjp`/`cpu`: conv.py's
     SAME form, cropped to the VALID window (its gradient runs fast on XLA:CPU)."""
     if impl == "native":
         return jax.lax.conv_general_dilated(
             x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
     p = kernel.shape[0] // 2
-    y = {"slices": conv_forms.conv_slices, "vjp": conv_forms.conv_vjp}[impl](x, kernel)
+    y = conv_forms.FUNCTIONS[impl](x, kernel)
     return y[:, p:-p, p:-p]
 
 
