@@ -6,15 +6,17 @@
     python benchmarks/cnn_speed.py --torch              # PyTorch side by side (if installed)
     python benchmarks/cnn_speed.py --quick              # CI: tiny sizes, checks that it runs
 
-For each network (the shapes of configs/fast_cnn.py, configs/cnn.py and the cheaper tuomaso
-network: conv 24@5x5, pool, conv 32@3x3, pool, 256 dense) and each convolution form
-(`native`: nn.Conv; `slices` and `vjp`: mnist_jax/conv.py), trains on random uint8 data of
+For each network (the shapes of configs/fast_cnn.py, configs/cnn.py, the cheaper tuomaso
+network: conv 24@5x5, pool, conv 32@3x3, pool, 256 dense, and bn_cnn's convolutions without its
+BatchNorm) and each convolution form (`native`: nn.Conv; `slices`, `vjp` and `cpu`:
+mnist_jax/conv.py), trains on random uint8 data of
 MNIST's shape with the project's own loop, `step.train_chunk` (one jitted `lax.fori_loop` with
 the epoch shuffle and gather, Adam with a one-cycle schedule), and prints one JSON line:
 training examples/s, GFLOP/s (2 FLOP per multiply-add, forward + backward counted as 3x the
 forward's multiply-adds) and `ratio_to_matmul_ceiling`: GFLOP/s over the GFLOP/s of a float32
 (2048 x 2048) @ (2048 x 2048) matmul measured in the same process. Levers: `--dtypes=bfloat16`
-(compute in bfloat16, parameters float32), `--batch_sizes`, `--xla_settings` (XLA_FLAGS must be
+(compute in bfloat16, parameters float32), `--batch_sizes`, `--pools=reduce_window` (nn.max_pool
+instead of the models' conv.max_pool2), `--xla_settings` (XLA_FLAGS must be
 set before JAX starts, so each setting runs this script again as a subprocess). Timings are the
 best of `--repeats` calls after a warm-up call that compiles.
 """
@@ -46,6 +48,7 @@ NETS = {
     "fast_cnn": ((16, 32), (5, 5), (128,), 0.0),
     "cnn": ((16, 32), (5, 5), (256,), 0.25),
     "tuomaso": ((24, 32), (5, 3), (256,), 0.0),
+    "bn_cnn": ((32, 64), (3, 3), (128,), 0.0),  # Its conv shapes; no BatchNorm here.
 }
 FORMS = ("native", *conv.FORMS)
 XLA_SETTINGS = {
