@@ -128,3 +128,30 @@ class Conv(nn.Module):
         if not self.use_bias:  # Like nn.Conv(use_bias=False): no `bias` parameter.
             return y
         return y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)
+
+
+def layer(
+    features: int,
+    kernel_size: int,
+    impl: str,
+    *,
+    train: bool,
+    kernel_init: nn.initializers.Initializer,
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.Module:
+    """A model's SAME conv layer for its `conv_impl`: nn.Conv for `native`; otherwise `Conv` in
+    that form for training and in the `cpu` form for inference, whose forward (slices on a
+    narrow input, else the canonical convolution) is the fastest on XLA:CPU. The same
+    parameters either way."""
+    if impl == "native":
+        return nn.Conv(
+            features,
+            (kernel_size,) * 2,
+            padding="SAME",
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            name=name,
+        )
+    form = impl if train else "cpu"
+    return Conv(features, kernel_size, form, kernel_init, use_bias=use_bias, name=name)

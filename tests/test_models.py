@@ -124,14 +124,20 @@ def test_native_and_slices_give_the_same_logits_and_gradients(batch, conv_featur
     )
 
 
-def test_inference_uses_native_convs_whatever_the_training_form():
-    native, slices = _cnn_pair((4,))
+@pytest.mark.parametrize("train_form", ["slices", "vjp"])
+def test_inference_takes_the_cpu_forms_forward_whatever_the_training_form(train_form):
+    """conv.layer: the first conv (one input channel) as slices, the second as the canonical
+    convolution; only `native` keeps nn.Conv throughout."""
     x = jnp.ones((2, 784))
+    native, other = (_model("cnn", (8,), conv_features=(4, 6), conv_impl=impl)
+                     for impl in ("native", train_form))  # fmt: skip
     params = native.init(jax.random.PRNGKey(0), x)["params"]
-    jaxpr = str(jax.make_jaxpr(lambda p: slices.apply({"params": p}, x))(params))
-    assert "conv_general_dilated" in jaxpr
-    jaxpr = str(jax.make_jaxpr(lambda p: slices.apply({"params": p}, x, train=True))(params))
-    assert "conv_general_dilated" not in jaxpr
+    jaxpr = str(jax.make_jaxpr(lambda p: other.apply({"params": p}, x))(params))
+    assert jaxpr.count("conv_general_dilated[") == 1  # The second layer's; the first: slices.
+    jaxpr = str(jax.make_jaxpr(lambda p: native.apply({"params": p}, x))(params))
+    assert jaxpr.count("conv_general_dilated[") == 2
+    y_native, y_other = (m.apply({"params": params}, x) for m in (native, other))
+    np.testing.assert_allclose(y_native, y_other, rtol=1e-5, atol=1e-5)
 
 
 def test_auto_picks_the_cpu_form_on_cpu_and_native_elsewhere():

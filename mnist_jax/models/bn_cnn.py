@@ -43,8 +43,8 @@ class BNCNN(nn.Module):
     then dense -> BatchNorm -> relu per `hidden_units`, dropout, and the classifier.
 
     `conv_impl` (native, slices, vjp or cpu; conv.py) picks the conv's form for training, as
-    in the cnn family; evaluation uses nn.Conv. Every form has the same parameter tree. Pools
-    are conv.max_pool2.
+    in the cnn family, and evaluation's as `conv.layer` says. Every form has the same parameter
+    tree. Pools are conv.max_pool2.
     """
 
     num_classes: int = 10
@@ -65,14 +65,15 @@ class BNCNN(nn.Module):
         side = math.isqrt(x.shape[-1])
         x = x.reshape(-1, side, side, 1)
         for i, features in enumerate(self.conv_features):
-            if self.conv_impl == "native" or not train:
-                conv = nn.Conv(
-                    features, (KERNEL_SIZE,) * 2, use_bias=False, kernel_init=init, name=f"Conv_{i}"
-                )
-            else:
-                conv = conv_forms.Conv(
-                    features, KERNEL_SIZE, self.conv_impl, init, use_bias=False, name=f"Conv_{i}"
-                )
+            conv = conv_forms.layer(
+                features,
+                KERNEL_SIZE,
+                self.conv_impl,
+                train=train,
+                kernel_init=init,
+                use_bias=False,
+                name=f"Conv_{i}",
+            )
             x = conv_forms.max_pool2(nn.relu(norm(conv(x))))
         x = x.reshape(x.shape[0], -1)
         for units in self.hidden_units:

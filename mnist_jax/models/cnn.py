@@ -56,10 +56,9 @@ class CNN(nn.Module):
 
     `conv_impl` (native: nn.Conv, or slices / vjp / cpu: conv.Conv in that form; the same
     function of the same parameter tree) picks the form for training, where the gradient
-    is taken. Pools are conv.max_pool2 (nn.max_pool's values, a faster gradient).
-    Inference (train=False) always uses nn.Conv: its forward is as fast or faster on
-    every backend (4x on XLA:CPU, benchmarks/conv_forms.py) and does not hold 25 copies of each
-    conv's input.
+    is taken; inference (train=False) uses nn.Conv for native, else the `cpu` form, whose
+    forward is the fastest on XLA:CPU (`conv.layer`). Pools are conv.max_pool2 (nn.max_pool's
+    values, a faster gradient).
     """
 
     conv_features: Sequence[int] = (32, 64)
@@ -75,14 +74,14 @@ class CNN(nn.Module):
         side = math.isqrt(x.shape[-1])
         x = x.reshape(x.shape[0], side, side, 1)
         for i, features in enumerate(self.conv_features):
-            if self.conv_impl == "native" or not train:
-                conv = nn.Conv(
-                    features, (KERNEL_SIZE,) * 2, padding="SAME", kernel_init=init, name=f"Conv_{i}"
-                )
-            else:  # mnist_jax/conv.py: one im2col matmul, or canonical conv + matmul backward.
-                conv = conv_forms.Conv(
-                    features, KERNEL_SIZE, self.conv_impl, init, name=f"Conv_{i}"
-                )
+            conv = conv_forms.layer(
+                features,
+                KERNEL_SIZE,
+                self.conv_impl,
+                train=train,
+                kernel_init=init,
+                name=f"Conv_{i}",
+            )
             x = conv_forms.max_pool2(nn.relu(conv(x)))
         x = x.reshape(x.shape[0], -1)
         for i, units in enumerate(self.hidden_units):
