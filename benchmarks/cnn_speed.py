@@ -9,16 +9,18 @@
 For each network (the shapes of configs/fast_cnn.py, configs/cnn.py, the cheaper tuomaso
 network: conv 24@5x5, pool, conv 32@3x3, pool, 256 dense, and bn_cnn's convolutions without its
 BatchNorm) and each convolution form (`native`: nn.Conv; `slices`, `vjp` and `cpu`:
-mnist_jax/conv.py), trains on random uint8 data of
-MNIST's shape with the project's own loop, `step.train_chunk` (one jitted `lax.fori_loop` with
-the epoch shuffle and gather, Adam with a one-cycle schedule), and prints one JSON line:
-training examples/s, GFLOP/s (2 FLOP per multiply-add, forward + backward counted as 3x the
-forward's multiply-adds) and `ratio_to_matmul_ceiling`: GFLOP/s over the GFLOP/s of a float32
-(2048 x 2048) @ (2048 x 2048) matmul measured in the same process. Levers: `--dtypes=bfloat16`
-(compute in bfloat16, parameters float32), `--batch_sizes`, `--pools=reduce_window` (nn.max_pool
-instead of the models' conv.max_pool2), `--xla_settings` (XLA_FLAGS must be
-set before JAX starts, so each setting runs this script again as a subprocess). Timings are the
-best of `--repeats` calls after a warm-up call that compiles.
+mnist_jax/conv.py), trains on random uint8 data of MNIST's shape with the project's own loop,
+`step.train_chunk` (one jitted `lax.fori_loop` with the epoch shuffle and gather, Adam with a
+one-cycle schedule), and prints one JSON line: training examples/s, GFLOP/s (2 FLOP per
+multiply-add, forward + backward counted as 3x the forward's multiply-adds),
+`ratio_to_matmul_ceiling` (GFLOP/s over the GFLOP/s of a float32 (2048 x 2048) @ (2048 x 2048)
+matmul measured in the same process) and `forward_examples_per_sec`: the inference forward
+(train=False: conv.layer's choice, as evaluation and predict run it) over `--forward_batches`
+batches of 1,000 (0: not timed). Levers: `--dtypes=bfloat16` (compute in bfloat16, parameters
+float32), `--batch_sizes`, `--pools=reduce_window` (nn.max_pool instead of the models'
+conv.max_pool2), `--xla_settings` (XLA_FLAGS must be set before JAX starts, so each setting
+runs this script again as a subprocess). Timings are the best of `--repeats` calls after a
+warm-up call that compiles.
 """
 
 from __future__ import annotations
@@ -79,10 +81,8 @@ class Net(nn.Module):
         dt = jnp.dtype(self.dtype)
         x = x.reshape(x.shape[0], 28, 28, 1).astype(dt)
         for f, k in zip(self.features, self.kernels, strict=True):
-            if self.form == "native":
-                c = nn.Conv(f, (k, k), padding="SAME", dtype=dt)
-            else:
-                c = conv.Conv(f, k, self.form, dtype=dt)
+            init = nn.initializers.lecun_normal()
+            c = conv.layer(f, k, self.form, train=train, kernel_init=init, dtype=dt)
             x = nn.relu(c(x))
             pooled = conv.max_pool2(x) if self.pool == "max_pool2" else None
             x = nn.max_pool(x, (2, 2), strides=(2, 2)) if pooled is None else pooled
@@ -137,6 +137,22 @@ def train_rate(model: nn.Module, batch: int, steps: int, repeats: int) -> tuple[
     go = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
     go()  # Warm-up.
     return n / timed(go, repeats), compile_s
+
+
+def forward_rate(model: nn.Module, batches: int, repeats: int) -> float:
+    """Examples/s of the inference forward (train=False, as evaluation and predict run it) over
+    `batches` batches of 1,000 in one jitted scan."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (batches, 1000, 784))
+    params = model.init(jax.random.PRNGKey(1), x[0])
+
+    def run(params, x):
+        count = lambda n, xb: (n + jnp.sum(jnp.argmax(model.apply(params, xb), -1)), None)  # noqa: E731
+        return jax.lax.scan(count, jnp.int32(0), x)[0]
+
+    compiled = jax.jit(run).lower(params, x).compile()
+    go = lambda: jax.block_until_ready(compiled(params, x))  # noqa: E731
+    go()  # Warm-up.
+    return batches * 1000 / timed(go, repeats)
 
 
 def matmul_ceiling(repeats: int, side: int = CEILING_SIDE) -> float:
@@ -197,6 +213,9 @@ def in_process(args, header: dict) -> None:
                 row.update({"pool": pool} if pool != "max_pool2" else {})
                 row.update(examples_per_sec=round(rate), gflops=round(rate * gflop, 1))
                 row.update(ratio_to_matmul_ceiling=round(rate * gflop / ceiling, 3))
+                if args.forward_batches:
+                    forward = forward_rate(model, args.forward_batches, args.repeats)
+                    row["forward_examples_per_sec"] = round(forward)
                 print(json.dumps({**row, "compile_s": round(compile_s, 2)}), flush=True)
             if args.torch:
                 rate = torch_rate(net, batch, args.steps, args.repeats)
@@ -219,6 +238,9 @@ def main() -> None:
     parser.add_argument("--batch_sizes", default="256")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed call")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--forward_batches", type=int, default=2, help="batches of 1,000 in the inference timing"
+    )
     parser.add_argument("--torch", action="store_true", help="also time PyTorch, if installed")
     parser.add_argument("--xla_settings", default="", help=f"subset of {','.join(XLA_SETTINGS)}")
     args = parser.parse_args()
@@ -232,6 +254,7 @@ def main() -> None:
             sys.exit(f"error: --xla_settings: {name!r} is not one of {', '.join(XLA_SETTINGS)}")
     if args.quick:
         args.nets, args.steps, args.repeats, args.batch_sizes = "tuomaso", 2, 1, "8"
+        args.forward_batches = 1
     for name in filter(None, args.xla_settings.split(",")):
         env = {**os.environ, "XLA_FLAGS": XLA_SETTINGS[name], "CNN_SPEED_SETTING": name}
         argv = [a for a in sys.argv[1:] if not a.startswith("--xla_settings")]

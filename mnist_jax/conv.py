@@ -138,12 +138,13 @@ def layer(
     train: bool,
     kernel_init: nn.initializers.Initializer,
     use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
     name: str | None = None,
 ) -> nn.Module:
     """A model's SAME conv layer for its `conv_impl`: nn.Conv for `native`; otherwise `Conv` in
     that form for training and in the `cpu` form for inference, whose forward (slices on a
     narrow input, else the canonical convolution) is the fastest on XLA:CPU. The same
-    parameters either way."""
+    parameters either way; `dtype` is the compute type."""
     if impl == "native":
         return nn.Conv(
             features,
@@ -151,7 +152,8 @@ def layer(
             padding="SAME",
             use_bias=use_bias,
             kernel_init=kernel_init,
+            dtype=dtype,
             name=name,
         )
     form = impl if train else "cpu"
-    return Conv(features, kernel_size, form, kernel_init, use_bias=use_bias, name=name)
+    return Conv(features, kernel_size, form, kernel_init, dtype=dtype, use_bias=use_bias, name=name)
