@@ -298,7 +298,6 @@ def _write_tables(rows: list[dict[str, Any]], rundir: RunDir) -> None:
 def main(argv: list[str], overrides: dict[str, Any]) -> None:
     """The command line (flags defined under __main__, as in plot.py); it, not `run_sweep`,
     turns on JAX's compilation cache."""
-    del overrides  # Already in the config.
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
@@ -306,6 +305,9 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
     specs = list(f.sweep or []) or list(config.get("sweep", ()))
     if not specs:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
+    swept = {spec.split("=", 1)[0].strip() for spec in specs}
+    for field in sorted(swept & set(overrides)):  # The config is already overridden: say so.
+        raise UserError(f"{field} is given by both --config.{field} and --sweep; give it once")
     shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")

@@ -257,3 +257,14 @@ def test_every_command_treats_an_interrupted_sweep_like_a_finished_one(tmp_path,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "is a member of the sweep" in one_error_line(proc.returncode, proc.stderr)
     assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("field", ["batch_size", "seed"])
+def test_a_field_given_by_both_config_and_sweep_is_one_error(idx_dir, tmp_path, field):
+    """--config.FIELD and --sweep=FIELD=... : neither silently wins; nothing is written."""
+    workdir = tmp_path / "sweep"
+    args = sweep_args(idx_dir, workdir, f"--config.{field}=5", f"--sweep={field}=10,20")
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc.returncode, proc.stderr)
+    assert f"{field} is given by both --config.{field} and --sweep" in line
+    assert not workdir.exists()
