@@ -135,7 +135,12 @@ def _quiet_broken_pipe() -> None:
 def _exit(code: int, now: bool = False) -> None:
     """Exits with `code`; if a library left a non-daemon thread running (orbax after a failed
     save), or `now` (a lost peer: JAX's shutdown would wait for it, then abort), ends the
-    process at once rather than hang or abort at shutdown."""
+    process at once rather than hang or abort at shutdown. Otherwise the interpreter shuts
+    down as usual (atexit handlers, then module teardown), except that its garbage collector
+    no longer walks the objects alive now (`gc.freeze`): with JAX, Flax, orbax and matplotlib
+    loaded that walk took about a second, and nothing of ours waits on it (every file is
+    written and closed before this point)."""
+    import gc
     import threading
 
     sys.stdout.flush()
@@ -144,6 +149,7 @@ def _exit(code: int, now: bool = False) -> None:
     if now or any(t.is_alive() and not t.daemon for t in others):
         logging.flush()
         os._exit(code)
+    gc.freeze()
     sys.exit(code)
 
 

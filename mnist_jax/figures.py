@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_jax.report import FIGURES  # noqa: F401  (re-exported: the names of a run's figures)
+
 GRID = 25  # Digits shown in samples.png and mistakes.png.
-FIGURES = ("loss", "confusion_matrix", "reliability", "first_layer_weights", "samples", "mistakes")
 _VALUES_UP_TO = 20  # Classes up to which the confusion matrix prints its values.
 _SPLITS = (("train", "-"), ("validation", "--"), ("test", ":"))
 
