@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import errno
 import functools
+import gc
 import os
 import signal
 import sys
@@ -84,6 +85,7 @@ def run(fn: Callable[[list[str], dict[str, Any]], int | None]) -> None:
     overrides: dict[str, Any] = {}  # Filled by parse_flags.
 
     def main(argv: list[str]) -> None:
+        gc.enable()  # Off while `python -m` loaded the modules (mnist_jax/__init__.py).
         _install(_raise_stopped, sigint=signal.default_int_handler)
         verbose = logging.get_verbosity() >= logging.DEBUG
         if not verbose:
@@ -140,7 +142,6 @@ def _exit(code: int, now: bool = False) -> None:
     no longer walks the objects alive now (`gc.freeze`): with JAX, Flax, orbax and matplotlib
     loaded that walk took about a second, and nothing of ours waits on it (every file is
     written and closed before this point)."""
-    import gc
     import threading
 
     sys.stdout.flush()

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,32 @@ def test_every_file_is_written_and_complete_when_the_command_returns(tmp_path, i
     (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
     assert b"test/final_accuracy" in events.read_bytes()  # Written at the end, then closed.
     assert not list(Path(workdir).rglob("*.tmp"))
+
+
+def test_the_collector_is_off_while_python_m_loads_and_on_for_the_command():
+    """`python -m mnist_jax.X` loads its modules with the garbage collector off; every command
+    (`cli.run`) runs with it on."""
+    code = """
+import sys
+sys.argv = ["-m"]  # As `python -m mnist_jax.X` sets it while the package loads.
+import gc, mnist_jax
+print(gc.isenabled())
+from mnist_jax import cli
+sys.argv = ["tool"]
+cli.run(lambda argv, overrides: print(gc.isenabled()))
+"""
+    proc = run(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True"]
+
+
+def test_the_process_start_time_is_when_the_process_started():
+    """results.json's wall time and start-up count from the process's start, to 10 ms (not
+    from the whole second the machine booted in)."""
+    code = "import time; t = time.time(); from mnist_jax import main\n"
+    code += "print(t, main.process_start_time())"
+    before = time.time()
+    proc = run(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first_line, start = map(float, proc.stdout.split())
+    assert before - 0.02 <= start <= first_line
