@@ -10,6 +10,11 @@ __version__ = "0.1.0"
 __all__ = ["Run", "load_config", "load_run", "train"]
 
 if sys.argv[:1] == ["-m"]:  # `python -m mnist_jax.X`: Ctrl-C during imports is one line.
+    import gc as _gc
+
+    # Loading JAX and the rest makes almost no garbage, but a second of collections on a
+    # 2-core CPU; `cli.run` turns the collector back on once the flags are parsed.
+    _gc.disable()
     from mnist_jax import cli as _cli
 
     _cli.install_startup_handlers()

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from mnist_jax.report import FIGURES  # noqa: F401  (re-exported: the names of a run's figures)
 
 GRID = 25  # Digits shown in samples.png and mistakes.png.
-FIGURES = ("loss", "confusion_matrix", "reliability", "first_layer_weights", "samples", "mistakes")
 _VALUES_UP_TO = 20  # Classes up to which the confusion matrix prints its values.
 _SPLITS = (("train", "-"), ("validation", "--"), ("test", ":"))
 
@@ -95,6 +97,9 @@ def reliability_figure(calibration: dict[str, Any], ece: float | None, title: st
     bottom.bar(centers, calibration["count"], width, color="grey", edgecolor="black")
     bottom.set(xlabel="confidence (top-class probability)", ylabel="examples")
     bottom.set_yscale("symlog")
+    # Counts as plain numbers (1000, not 10^3): no TeX-style labels, whose parser takes a few
+    # tenths of a second to build.
+    bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     return fig
 
 

@@ -48,8 +48,7 @@ class MetricWriter:
         self.t0 = time.time() if t0 is None else t0
         self._tb = None
         if rundir.active and tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = summary_writer_class()
             # On resume, TensorBoard drops the events logged after the restored step.
             purge = start_step or None
             self._tb = SummaryWriter(str(rundir.file("tensorboard")), purge_step=purge)
@@ -96,6 +95,25 @@ class MetricWriter:
             self._tb = None
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch when PyTorch is not imported
+    yet: tensorboardX imports torch wherever it is installed, only to accept torch tensors
+    (which a run never logs), and that costs 1-2 s at import and as long again at exit.
+    `import torch` fails for the length of the import (another thread importing torch at that
+    moment would fail too) and works again after it."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError.
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class _Bar:
     """tqdm's auto bar (terminal or Jupyter) with period lines written above it; without a
     terminal or notebook, period lines go to the log and no bar is drawn."""
@@ -138,6 +156,8 @@ def progress_bar(total: int, initial: int, members: int, enabled: bool | None) -
 
 
 def _in_notebook() -> bool:
+    if "IPython" not in sys.modules:  # A notebook's kernel has it loaded; importing it is slow.
+        return False
     try:
         from IPython import get_ipython
 

@@ -60,12 +60,13 @@ def check_target(path: str | Path, root: str | Path | None = None, text: bool = 
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"cannot write {path}: it is a directory")
     suffix = path.suffix.lower()
-    allowed = TEXT_SUFFIXES if text else tuple("." + f for f in figure_formats())
-    if suffix not in allowed:
-        raise UserError(
-            f"cannot write {path}: format {suffix or '(none)'!r} is not supported; "
-            f"use one of {', '.join(allowed)}"
-        )
+    if text or suffix != ".png":  # PNG is Agg's own format: known without importing matplotlib.
+        allowed = TEXT_SUFFIXES if text else tuple("." + f for f in figure_formats())
+        if suffix not in allowed:
+            raise UserError(
+                f"cannot write {path}: format {suffix or '(none)'!r} is not supported; "
+                f"use one of {', '.join(allowed)}"
+            )
     return check_file(path, root)
 
 

@@ -46,9 +46,8 @@ from mnist_jax.figures import (  # noqa: F401  (re-exported: plot.run_figures et
     weights_by_steps_figure,
 )
 from mnist_jax.inputs import check_dir
+from mnist_jax.report import PLOTS_DIR, check_run_outputs
 from mnist_jax.rundir import HOLDER, METRICS, RunDir
-
-PLOTS_DIR = "plots"
 
 
 def save_figures(
@@ -61,16 +60,6 @@ def save_figures(
     targets = {name: outputs.check_target(out_dir / f"{name}.png", root) for name in figs}
     outputs.make_dir(out_dir, root)
     return [outputs.save_figure(figs[name], path) for name, path in targets.items()]
-
-
-def check_run_outputs(workdir: str | Path) -> None:
-    """Refuses (one line) plots/ or report.md targets that cannot be written, before a run."""
-    workdir = Path(workdir)
-    if not workdir.exists():
-        return
-    for name in FIGURES:
-        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
-    outputs.check_target(workdir / report.REPORT_FILE, workdir, text=True)
 
 
 def write_run_outputs(

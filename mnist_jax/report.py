@@ -18,6 +18,19 @@ _SECTIONS = (
     ("samples", "Test examples"),
     ("mistakes", None),  # Under "Test examples" too.
 )
+PLOTS_DIR = "plots"
+FIGURES = tuple(name for name, _ in _SECTIONS)  # A run's plots/<name>.png.
+
+
+def check_run_outputs(workdir: str | Path) -> None:
+    """Refuses (one line) plots/ or report.md targets that cannot be written, before a run
+    (here, not in plot.py: checking imports no matplotlib)."""
+    workdir = Path(workdir)
+    if not workdir.exists():
+        return
+    for name in FIGURES:
+        outputs.check_target(workdir / PLOTS_DIR / f"{name}.png", workdir)
+    outputs.check_target(workdir / REPORT_FILE, workdir, text=True)
 
 
 def write_report(

@@ -30,6 +30,7 @@ from mnist_jax import (
     config as config_lib,
     distributed,
     optim,
+    report,
     step as step_lib,
 )
 from mnist_jax.errors import UserError
@@ -61,9 +62,7 @@ def read(rundir: RunDir, config: ml_collections.ConfigDict, allow_change: bool) 
                 "--workdir"
             )
     if config.plots:
-        from mnist_jax import plot
-
-        plot.check_run_outputs(rundir.path)  # Before training, not after.
+        report.check_run_outputs(rundir.path)  # Before training, not after.
     rundir.metrics()  # A malformed metrics.jsonl is refused here, before any write.
     steps = ckpt_lib.finalized_steps(rundir.checkpoints)
     results = rundir.results() or {}

@@ -164,7 +164,7 @@ class RunDir(RunFiles):
         """Refuses, before anything is written, any path a command will write that cannot be:
         a directory or FIFO where a file goes, a file where a directory goes, a link out of
         the workdir, a read-only file or directory. With `config`: every path a run writes but
-        its figures (`plot.check_run_outputs`)."""
+        its figures (`report.check_run_outputs`)."""
         if config is not None:
             files += (CONFIG, RUN, RESULTS, METRICS, HOLDER)
             dirs += (CHECKPOINTS, CORRUPT) + ((TENSORBOARD,) if config.tensorboard else ())
