@@ -117,6 +117,16 @@ def test_mj_train_takes_an_importable_module_and_records_its_import_path(
     images = np.arange(2 * 784).reshape(2, 784).astype(np.uint8)
     assert back.model == run.model
     assert np.array_equal(back.predict(images), run.predict(images))
+    # A reader given the module takes it as mj.train did: the class with the recorded kwargs,
+    # an instance as it is; another class, or other fields, is one error.
+    net = ownnet_for_test.Net
+    for module in (net, net(width=4)):
+        assert mj.load_run(tmp_path / "run", model=module).model == run.model
+    another = type("Net", (net,), {})  # The same name, in another module.
+    for module, says in ((net(width=8), "set its fields differently"),
+                         (another, "two different models")):  # fmt: skip
+        with pytest.raises(UserError, match=says):
+            mj.load_run(tmp_path / "run", model=module)
 
 
 def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_path, idx_dir):
