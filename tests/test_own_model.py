@@ -151,10 +151,21 @@ def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_p
         assert back.predict(np.zeros((1, 784))).shape == (1, 10)
 
 
-@settings(derandomize=True, max_examples=8, deadline=None)
+@settings(derandomize=True, max_examples=10, deadline=None)
 @given(
     given_model=st.sampled_from(
-        [int, 3, "mlp", lambda x: x, np.zeros(3), object(), type("NotModule", (), {}), [NET]]
+        [
+            int,
+            3,
+            "mlp",
+            lambda x: x,
+            np.zeros(3),
+            np.zeros((3, 3)),
+            object(),
+            type("NotModule", (), {}),
+            [NET],
+            "two\nlines",
+        ]
     )
 )
 def test_a_model_argument_that_is_no_linen_module_is_one_error(tmp_path_factory, given_model):

@@ -123,8 +123,9 @@ def check_given(given: Any) -> None:
     """A UserError unless `given` (a `model=` argument) is a Linen module class or instance."""
     if isinstance(given, nn.Module) or (isinstance(given, type) and issubclass(given, nn.Module)):
         return
+    shown = " ".join(repr(given).split())  # One line, whatever the repr.
     raise UserError(
-        f"model={given!r:.80}: expected a flax.linen.Module class or instance, got a "
+        f"model={shown:.80}: expected a flax.linen.Module class or instance, got a "
         f"{type(given).__name__}"
     )
 
