@@ -364,7 +364,7 @@ def two_nets(tmp_path_factory):
 
 @settings(derandomize=True, max_examples=60, deadline=None)
 @given(
-    named=st.sampled_from(["mlp", "cnn", "module", "file", "given"]),
+    named=st.sampled_from(["mlp", "cnn", "module", "file", "given", "missing"]),
     gives_other=st.booleans(),
     as_instance=st.booleans(),
     kwargs=st.sampled_from(["", "{'width': 4}", "{'width': 8}"]),
@@ -377,15 +377,16 @@ def test_the_model_argument_replaces_a_family_and_must_agree_with_your_own_model
     `<module.QualName>`), model= must be that class, and an instance must have the fields
     config.model.kwargs sets: otherwise one error line, and nothing is written."""
     module, path = two_nets
-    spec = {"module": "ownnets_for_test:Net", "file": f"{path}:Net",
-            "given": "<ownnets_for_test.Net>"}.get(named, named)  # fmt: skip
+    specs = {"module": "ownnets_for_test:Net", "file": f"{path}:Net",
+             "given": "<ownnets_for_test.Net>", "missing": f"{path}.py:Net"}  # fmt: skip
+    spec = specs.get(named, named)
     kwargs = "" if named in models.FAMILIES else kwargs
     cls = module.Other if gives_other else module.Net
     model = cls(width=4) if as_instance else cls
     config = _small(idx_dir, **{"model.name": spec, "model.kwargs": kwargs})
-    conflict = named not in models.FAMILIES and (
+    conflict = named == "missing" or (named not in models.FAMILIES and (
         gives_other or (as_instance and kwargs not in ("", "{'width': 4}"))
-    )
+    ))  # fmt: skip
     caplog.clear()
     caplog.set_level("INFO", logger="absl")
     if conflict:
@@ -393,7 +394,8 @@ def test_the_model_argument_replaces_a_family_and_must_agree_with_your_own_model
         with pytest.raises(UserError) as e:
             mj.train(config, wd, model=model)
         assert "\n" not in str(e.value) and not wd.exists()
-        assert ("name two different models" if gives_other else "set its fields") in str(e.value)
+        says = "two different models" if gives_other else "set its fields differently"
+        assert ("file not found" if named == "missing" else says) in str(e.value)
         return
     recorded, handed = config_lib.as_recorded(config, model)
     assert handed is None and recorded.model.name == f"ownnets_for_test:{cls.__name__}"

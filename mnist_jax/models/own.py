@@ -138,6 +138,8 @@ def check_agrees(name: str, kwargs_text: str, given: Any) -> None:
     spec = parse(name)
     if spec is None:
         return
+    if spec.kind == "file":  # A file that is not there is named as such.
+        _check(name, os.path.abspath(os.path.expanduser(spec.target)))
     cls = given if isinstance(given, type) else type(given)
     if not _names(spec, cls):
         raise UserError(
