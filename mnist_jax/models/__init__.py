@@ -15,7 +15,8 @@ defaults unless `config.model.kwargs` sets them: a Python dict literal such as
 module each here, which owns its config fields, their rules and docs, and its cross-field rules
 `check`, and builds the module with `build`), or your own as `path/to/file.py:ClassName` or
 `package.module:ClassName` (loaded and checked in `models.own`). `mj.train(config, workdir,
-model=...)` takes a module class or instance from Python. A new shipped family is one module
+model=...)` takes a module class or instance from Python: it replaces a shipped family's name
+and must agree with your own's (`own.check_agrees`). A new shipped family is one module
 here (NAME, FIELDS, check, build) added to FAMILIES, plus a config in configs/.
 
 Linen keeps parameters as a plain pytree outside the module, so the training step stays a pure
