@@ -1,13 +1,26 @@
-"""LeNet-5 (LeCun et al. 1998) for 20 epochs, the paper's length (its 0.95% test error is the
-target; not yet measured here on full MNIST): batch 128, Adam with a one-cycle schedule (peak
-0.003), no augmentation.
+"""LeNet-5 (LeCun et al. 1998) for 20 epochs, the paper's length, every training image shifted
+by up to 2 pixels: batch 128, Adam with a one-cycle schedule (peak 0.003).
+
+Measured on full MNIST on 2026-12-08 (2-core AMD EPYC VM, CPU only, shared with 3 other jobs, load
+8-10; jax 0.10.2): seed 0 reached 99.24% validation and 99.14% test (0.86% error; the paper:
+0.95% without distortions, 0.8% with); seeds 1 and 2 not yet measured. Without the shift it
+reached 98.86% validation and 98.73% test (100% train from epoch 16: it overfits).
+
+The shift was chosen on the validation split, by `python -m mnist_jax.sweep --config=lenet5
+--config.augment.max_shift=2 --sweep=augment.max_rotation=0,10 --sweep=augment.max_scale=0,0.1`
+(two members trained, --shard=0/4 and 3/4): the shift alone and the shift with rotation +-10
+degrees and scale +-10% both reached 99.24%; the shift alone had the lower validation log-loss
+(0.0222 vs 0.0232), and is exact and cheaper, so it was kept.
 
 What differs from the paper's recipe: minibatch Adam, not per-example stochastic diagonal
 Levenberg-Marquardt with a hand-stepped rate (0.0005 down to 0.00001); softmax cross-entropy on
 a dense output layer, not RBF units and the MAP criterion (see mnist_jax/models/lenet5.py); the
-last 5,000 training images are held out for validation (the paper trains on all 60,000).
-conv_impl auto trains with the slices form on CPU (one step: 234 ms vs vjp 306, nn.Conv 702,
-measured while the machine was shared).
+paper's distortions were 540,000 affine copies (translation, scaling, squeezing, horizontal
+shearing) drawn once and added to the 60,000 originals, here each step draws a new whole-pixel
+shift of each image of its batch on the device (no scaling, squeezing or shearing, no
+undistorted copies); the last 5,000 training images are held out for validation (the paper
+trains on all 60,000). conv_impl auto trains with the slices form on CPU (one step: 234 ms vs
+vjp 306, nn.Conv 702, measured while the machine was shared).
 """
 
 from mnist_jax import config as base
@@ -19,6 +32,7 @@ def get_config():
     c.model.lenet5_c3 = "paper"
     c.model.kernel_init = "glorot_uniform"
     c.model.conv_impl = "auto"
+    c.augment.max_shift = 2  # Chosen by validation over rotation and scale too (docstring).
     c.batch_size = 128
     c.num_steps = 0
     c.num_epochs = 20.0

@@ -204,8 +204,10 @@ def train(
 ) -> Run:
     """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates it on the
     test set, writes results.json and, if `config.plots`, plots/ and report.md. `model`, a Linen
-    module class or instance following the contract in `mnist_jax.models`, replaces
-    config.model.name (recorded so that readers rebuild it, or say why not). Changes no
+    module class or instance following the contract in `mnist_jax.models`, replaces a shipped
+    family's config.model.name (a log line says so); where config.model.name names your own
+    model it must be that class, and an instance must agree with config.model.kwargs (else a
+    UserError). It is recorded so that readers rebuild it, or say why not. Changes no
     process-wide setting (jax.config, signal handlers); on any way out, Ctrl-C included, the
     workdir is unlocked and a later call resumes it."""
     t0 = time.time() if t0 is None else t0

@@ -149,9 +149,12 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
-    """Every field as `name = value  # description`, one per line (for --show_config)."""
+    """Every field that applies to the config's model as `name = value  # description`, one
+    per line (for --show_config): your own model's leave out the shipped families' fields."""
     flat = _flat_values(config)
-    order = [f.name for f in FIELDS if f.name in flat] + [k for k in flat if k not in FIELD_DOCS]
+    model = flat.get("model.name", "")
+    shown = [f.name for f in FIELDS if f.name in flat and models.applies(f.name, model)]
+    order = shown + [k for k in flat if k not in FIELD_DOCS]
     width = max(len(f"{k} = {flat[k]!r}") for k in order)
     lines = []
     for name in order:

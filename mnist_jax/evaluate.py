@@ -107,17 +107,21 @@ def _nothing_to_restore(rundir: RunDir) -> str:
 def _model_for(
     config: ml_collections.ConfigDict, variables: Any, where: Path, given: Any = None
 ) -> Any:
-    """The configured (or `given`) model whose variable shapes match `variables` (this finds
-    the class count, the one thing config.json does not say)."""
+    """The configured (or `given`, which must agree with config.model, built with its kwargs
+    when a class) model whose variable shapes match `variables` (this finds the class count,
+    the one thing config.json does not say)."""
     shapes = jax.tree_util.tree_map(np.shape, variables)
     params = variables["params"]
     counts = {np.shape(x)[-1] for x in jax.tree_util.tree_leaves(params) if np.ndim(x) == 1}
     if given is not None:  # Built as mj.train builds it, for each class count it may have.
         models.own.check_given(given)
+        models.own.check_agrees(config.model.name, config.model.get("kwargs", ""), given)
+        kwargs = models.own.parse_kwargs(config.model.get("kwargs", "")) or {}
+        kwargs = kwargs if isinstance(given, type) else {}
         candidates = []
         for k in sorted(counts):
             with contextlib.suppress(UserError):
-                candidates.append(models.own.build("the given model", given, {}, int(k)))
+                candidates.append(models.own.build("the given model", given, kwargs, int(k)))
     else:
         candidates = [models.create_model(config.model, int(k)) for k in sorted(counts)]
     for model in candidates:

@@ -4,11 +4,14 @@ is one error line before anything is written."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +21,18 @@ from hypothesis import given, settings, strategies as st
 
 import mnist_jax as mj
 from mnist_jax import config as config_lib, models, step
-from mnist_jax.errors import UserError
-from mnist_jax.models import own
+from mnist_jax.errors import STOP_SIGNALS, UserError
+from mnist_jax.models import common, own
 
-from conftest import REPO, main_args, make_not_file, one_error_line, small_config
+from conftest import (
+    REPO,
+    main_args,
+    make_not_file,
+    one_error_line,
+    small_config,
+    snapshot,
+    sweep_args,
+)
 
 NET = """
 import flax.linen as nn
@@ -106,6 +117,16 @@ def test_mj_train_takes_an_importable_module_and_records_its_import_path(
     images = np.arange(2 * 784).reshape(2, 784).astype(np.uint8)
     assert back.model == run.model
     assert np.array_equal(back.predict(images), run.predict(images))
+    # A reader given the module takes it as mj.train did: the class with the recorded kwargs,
+    # an instance as it is; another class, or other fields, is one error.
+    net = ownnet_for_test.Net
+    for module in (net, net(width=4)):
+        assert mj.load_run(tmp_path / "run", model=module).model == run.model
+    another = type("Net", (net,), {})  # The same name, in another module.
+    for module, says in ((net(width=8), "set its fields differently"),
+                         (another, "two different models")):  # fmt: skip
+        with pytest.raises(UserError, match=says):
+            mj.load_run(tmp_path / "run", model=module)
 
 
 def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_path, idx_dir):
@@ -130,10 +151,21 @@ def test_mj_train_takes_a_local_class_and_readers_say_it_cannot_be_rebuilt(tmp_p
         assert back.predict(np.zeros((1, 784))).shape == (1, 10)
 
 
-@settings(derandomize=True, max_examples=8, deadline=None)
+@settings(derandomize=True, max_examples=10, deadline=None)
 @given(
     given_model=st.sampled_from(
-        [int, 3, "mlp", lambda x: x, np.zeros(3), object(), type("NotModule", (), {}), [NET]]
+        [
+            int,
+            3,
+            "mlp",
+            lambda x: x,
+            np.zeros(3),
+            np.zeros((3, 3)),
+            object(),
+            type("NotModule", (), {}),
+            [NET],
+            "two\nlines",
+        ]
     )
 )
 def test_a_model_argument_that_is_no_linen_module_is_one_error(tmp_path_factory, given_model):
@@ -303,3 +335,194 @@ def test_kwargs_is_a_dict_literal_with_identifier_keys_or_one_error(text):
     else:
         config_lib.validate(c)
         assert all(k.isidentifier() for k in value)
+
+
+# ----------------------------------------------------------------------------- model= and names
+
+TWO_NETS = (
+    NET
+    + """
+
+class Other(Net):
+    pass
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def two_nets(tmp_path_factory):
+    """An importable module `ownnets_for_test` (a file) with two Linen classes, Net and Other."""
+    where = tmp_path_factory.mktemp("nets")
+    path = _write(where / "ownnets_for_test.py", TWO_NETS)
+    sys.path.insert(0, str(where))
+    try:
+        yield importlib.import_module("ownnets_for_test"), path
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("ownnets_for_test", None)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(
+    named=st.sampled_from(["mlp", "cnn", "module", "file", "given", "missing"]),
+    gives_other=st.booleans(),
+    as_instance=st.booleans(),
+    kwargs=st.sampled_from(["", "{'width': 4}", "{'width': 8}"]),
+)
+def test_the_model_argument_replaces_a_family_and_must_agree_with_your_own_model_named(
+    two_nets, tmp_path_factory, idx_dir, caplog, named, gives_other, as_instance, kwargs
+):
+    """mj.train(model=...) replaces a shipped family's config.model.name, saying so in a log
+    line. Where config.model.name names your own model (a module, a file or a recorded
+    `<module.QualName>`), model= must be that class, and an instance must have the fields
+    config.model.kwargs sets: otherwise one error line, and nothing is written."""
+    module, path = two_nets
+    specs = {"module": "ownnets_for_test:Net", "file": f"{path}:Net",
+             "given": "<ownnets_for_test.Net>", "missing": f"{path}.py:Net"}  # fmt: skip
+    spec = specs.get(named, named)
+    kwargs = "" if named in models.FAMILIES else kwargs
+    cls = module.Other if gives_other else module.Net
+    model = cls(width=4) if as_instance else cls
+    config = _small(idx_dir, **{"model.name": spec, "model.kwargs": kwargs})
+    conflict = named == "missing" or (named not in models.FAMILIES and (
+        gives_other or (as_instance and kwargs not in ("", "{'width': 4}"))
+    ))  # fmt: skip
+    caplog.clear()
+    caplog.set_level("INFO", logger="absl")
+    if conflict:
+        wd = tmp_path_factory.mktemp("agree") / "run"
+        with pytest.raises(UserError) as e:
+            mj.train(config, wd, model=model)
+        assert "\n" not in str(e.value) and not wd.exists()
+        says = "two different models" if gives_other else "set its fields differently"
+        assert ("file not found" if named == "missing" else says) in str(e.value)
+        return
+    recorded, handed = config_lib.as_recorded(config, model)
+    assert handed is None and recorded.model.name == f"ownnets_for_test:{cls.__name__}"
+    assert recorded.model.kwargs == ("{'width': 4}" if as_instance else kwargs)
+    replaced = f"replaces config.model.name={named!r}"
+    assert (replaced in caplog.text) == (named in models.FAMILIES), caplog.text
+
+
+# ----------------------------------------------------------------------------- --show_config
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(config_lib.list_configs()),
+    spec=st.sampled_from(["net.py:Net", "pkg.mod:Net", "<pkg.mod.Net>"]),
+)
+def test_show_config_of_your_own_model_leaves_out_the_shipped_families_fields(name, spec):
+    """For your own model, --show_config lists every field but those only the shipped families
+    read (each family's own, by FieldSpec.owner, and the ones they share); its kwargs are
+    shown. A shipped family's config lists them all."""
+    assert {
+        f.name for f in config_lib.FIELDS if f.owner is not None or f in common.FIELDS
+    } == models.SHIPPED_ONLY
+    c = config_lib.load(name)
+    shipped = config_lib.describe(c)
+    c.model.name, c.model.kwargs = spec, "{'width': 8}"
+    mine = config_lib.describe(c)
+
+    def names(text):
+        return [line.split(" = ")[0] for line in text.splitlines()]
+
+    assert set(names(shipped)) >= models.SHIPPED_ONLY
+    assert names(mine) == [n for n in names(shipped) if n not in models.SHIPPED_ONLY]
+    assert f"model.name = {spec!r}" in mine and "model.kwargs = \"{'width': 8}\"" in mine
+
+
+def test_show_config_through_the_cli_names_your_own_models_fields(tmp_path):
+    net = _write(tmp_path / "net.py")
+    args = ["--config=lenet5", f"--config.model.name={net}:Net", "--show_config",
+            "--config.model.kwargs={'width': 8}"]  # fmt: skip
+    proc = _cli(sys.executable, "-m", "mnist_jax.main", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = [line.split(" = ")[0] for line in proc.stdout.splitlines()]
+    assert "model.kwargs" in shown and "model.file_sha256" in shown
+    assert not set(shown) & models.SHIPPED_ONLY
+
+
+# ----------------------------------------------------------------------------- hanging import
+
+HANGS = (
+    """
+import os
+import time
+
+if os.environ.get("HANG_MARK"):  # Imports forever (say, waiting on something), once marked.
+    open(os.environ["HANG_MARK"], "w").close()
+    while True:
+        time.sleep(0.01)
+"""
+    + NET
+)
+
+
+def test_a_stop_signal_during_a_model_files_import_is_one_line_and_changes_nothing(
+    tmp_path, idx_dir
+):
+    """A model file whose import never ends hangs the command, as any import would (the file
+    is the user's code); a stop signal then ends it with the one `interrupted by` line and
+    128+signal, no traceback, in every command that imports it: a run and a sweep that would
+    train it, eval, predict, plot and export of a run trained with it (the same bytes). The
+    run's files are unchanged and no new directory is left."""
+    net, wd = _write(tmp_path / "net.py", HANGS), tmp_path / "run"
+    spec = f"--config.model.name={net}:Net"
+    trained = _cli(*main_args(idx_dir, wd, spec, *QUICK))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    rows = tmp_path / "rows.csv"
+    rows.write_text(",".join(["0"] * 784) + "\n")
+    py = [sys.executable, "-m"]
+    readers = {"eval": ["mnist_jax.main", "--mode=eval"], "predict": ["mnist_jax.predict",
+               f"--csv={rows}"], "plot": ["mnist_jax.plot"],
+               "export": ["mnist_jax.export", f"--out={tmp_path / 'm.jax'}"]}  # fmt: skip
+    commands = {
+        "train": main_args(idx_dir, tmp_path / "new", spec, *QUICK),
+        "sweep": sweep_args(idx_dir, tmp_path / "sweep", spec, "--sweep=seed=0,1"),
+    }
+    for name, (module, *flags) in readers.items():  # A copy each: readers lock their run.
+        shutil.copytree(wd, tmp_path / name)
+        commands[name] = [*py, module, f"--workdir={tmp_path / name}", *flags]
+    before = snapshot(tmp_path)
+    procs = {}
+    for (name, args), sig in zip(commands.items(), [*STOP_SIGNALS] * 2, strict=False):
+        env = {**os.environ, "HANG_MARK": str(tmp_path / f"{name}.mark")}
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        procs[name] = (sig, subprocess.Popen(args, cwd=REPO, env=env, **pipes))
+    try:
+        for name, (sig, proc) in procs.items():
+            mark, deadline = tmp_path / f"{name}.mark", time.time() + 240
+            while not mark.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.1)
+            assert mark.exists(), f"{name} never reached the import: {proc.communicate()[1]}"
+            proc.send_signal(sig)
+        for name, (sig, proc) in procs.items():
+            _, err = proc.communicate(timeout=60)
+            said = [ln for ln in err.splitlines() if ln.startswith(("interrupted", "error"))]
+            assert proc.returncode == 128 + sig, (name, err[-2000:])
+            assert said == [said[0]] and said[0].startswith(f"interrupted by {sig.name}"), err
+            assert "Traceback" not in err, (name, err[-2000:])
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    after = {p: v for p, v in snapshot(tmp_path).items() if not p.name.endswith(".mark")}
+    assert after == before
+
+
+def test_ctrl_c_during_a_model_files_import_in_mj_train_leaves_the_process_ready(
+    tmp_path, idx_dir, monkeypatch
+):
+    """Ctrl-C while mj.train imports a model file: KeyboardInterrupt, nothing written, no
+    half-imported module left behind; the same call again (the import now ends) trains."""
+    ctrl_c = HANGS.replace("time.sleep(0.01)", "os.kill(os.getpid(), 2)  # SIGINT, as Ctrl-C.")
+    net, wd = _write(tmp_path / "net.py", ctrl_c), tmp_path / "run"
+    config = _small(idx_dir, **{"model.name": f"{net}:Net"})
+    monkeypatch.setenv("HANG_MARK", str(tmp_path / "mark"))
+    with pytest.raises(KeyboardInterrupt):
+        mj.train(config, wd, progress=False)
+    assert (tmp_path / "mark").exists() and not wd.exists()
+    assert own.MODULE_PREFIX + own.file_sha256(str(net))[:16] not in sys.modules
+    monkeypatch.delenv("HANG_MARK")
+    assert mj.train(config, wd, progress=False).results["num_steps"] == 20

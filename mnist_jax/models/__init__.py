@@ -15,7 +15,8 @@ defaults unless `config.model.kwargs` sets them: a Python dict literal such as
 module each here, which owns its config fields, their rules and docs, and its cross-field rules
 `check`, and builds the module with `build`), or your own as `path/to/file.py:ClassName` or
 `package.module:ClassName` (loaded and checked in `models.own`). `mj.train(config, workdir,
-model=...)` takes a module class or instance from Python. A new shipped family is one module
+model=...)` takes a module class or instance from Python: it replaces a shipped family's name
+and must agree with your own's (`own.check_agrees`). A new shipped family is one module
 here (NAME, FIELDS, check, build) added to FAMILIES, plus a config in configs/.
 
 Linen keeps parameters as a plain pytree outside the module, so the training step stays a pure
@@ -31,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from mnist_jax.errors import UserError
 from mnist_jax.fields import FieldSpec
@@ -78,6 +80,19 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
+# The fields only the shipped families read: each family's own (FieldSpec.owner) and those they
+# share (common.FIELDS). Your own model reads model.name, model.kwargs and model.file_sha256.
+SHIPPED_ONLY = frozenset(
+    f.name for f in FIELDS if f.owner in FAMILIES or f in common.FIELDS
+)  # fmt: skip
+
+
+def applies(field: str, model_name: str) -> bool:
+    """Whether the config field `field` is read when config.model.name is `model_name`: every
+    field for a shipped family, all but SHIPPED_ONLY for your own model."""
+    return model_name in FAMILIES or field not in SHIPPED_ONLY
+
+
 def check(model_config: ml_collections.ConfigDict) -> None:
     """The rules of `config.model`'s fields, then the cross-field ones: the family's own, and
     no field that only your own model reads set for a shipped one (a UserError naming it)."""
@@ -120,13 +135,22 @@ def record(
     """(config.model as a run records it, the module the driver must be handed or None).
 
     A model file is named by its absolute path with its SHA-256. A module `given` from Python
-    is named by its import path with its non-default fields in model.kwargs when that rebuilds
-    it (then nothing needs handing over); otherwise by `<module.QualName>`, and handed over."""
+    replaces a shipped family's name (said in a log line) and must agree with your own model's
+    name and kwargs (own.check_agrees); it is named by its import path with its non-default
+    fields in model.kwargs when that rebuilds it (then nothing needs handing over); otherwise by
+    `<module.QualName>`, and handed over."""
     model_config = model_config.copy_and_resolve_references()
     with model_config.unlocked():
         if given is not None:
             own.check_given(given)
+            own.check_agrees(model_config.name, model_config.kwargs, given)
             cls = given if isinstance(given, type) else type(given)
+            if model_config.name in FAMILIES:
+                logging.info(
+                    "model: %s.%s given to mj.train replaces config.model.name=%r (the %s "
+                    "fields do not apply)", cls.__module__, cls.__qualname__, model_config.name,
+                    model_config.name,
+                )  # fmt: skip
             path = own.import_path(cls)
             kwargs = (
                 own.parse_kwargs(model_config.kwargs) if cls is given else own.given_kwargs(given)
@@ -160,7 +184,9 @@ __all__ = [
     "KERNEL_INITS",
     "MLP",
     "MODELS",
+    "SHIPPED_ONLY",
     "Linear",
+    "applies",
     "check",
     "count_params",
     "create_model",

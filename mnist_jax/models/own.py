@@ -123,10 +123,51 @@ def check_given(given: Any) -> None:
     """A UserError unless `given` (a `model=` argument) is a Linen module class or instance."""
     if isinstance(given, nn.Module) or (isinstance(given, type) and issubclass(given, nn.Module)):
         return
+    shown = " ".join(repr(given).split())  # One line, whatever the repr.
     raise UserError(
-        f"model={given!r:.80}: expected a flax.linen.Module class or instance, got a "
+        f"model={shown:.80}: expected a flax.linen.Module class or instance, got a "
         f"{type(given).__name__}"
     )
+
+
+def check_agrees(name: str, kwargs_text: str, given: Any) -> None:
+    """A UserError when `config.model.name` (`name`) names your own model and `given` (a
+    `model=` argument) is another class, or is an instance whose fields differ from what
+    `config.model.kwargs` sets: two answers to one question. A shipped family's name is no
+    such answer: `given` replaces it."""
+    spec = parse(name)
+    if spec is None:
+        return
+    if spec.kind == "file":  # A file that is not there is named as such.
+        _check(name, os.path.abspath(os.path.expanduser(spec.target)))
+    cls = given if isinstance(given, type) else type(given)
+    if not _names(spec, cls):
+        raise UserError(
+            f"model={cls.__module__}.{cls.__qualname__} and config.model.name={name!r} name "
+            "two different models: pass one (model= replaces a shipped family's name only)"
+        )
+    kwargs = parse_kwargs(kwargs_text)
+    fields = None if isinstance(given, type) else given_kwargs(given)
+    if not isinstance(given, type) and kwargs and kwargs != fields:
+        shown = f"{cls.__qualname__}(**{fields!r})" if fields is not None else cls.__qualname__
+        raise UserError(
+            f"config.model.kwargs={kwargs_text!r} and the instance model={shown} set its "
+            "fields differently: pass the class with config.model.kwargs, or the instance alone"
+        )
+
+
+def _names(spec: Spec, cls: type) -> bool:
+    """Whether `spec` names the class `cls`."""
+    if spec.kind == "given":
+        return spec.qual == f"{cls.__module__}.{cls.__qualname__}"
+    if spec.kind == "module":  # Only a module imported already is looked in: no user code runs.
+        return _attribute(sys.modules.get(spec.target), spec.qual) is cls
+    where = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    try:
+        same_file = where is not None and os.path.samefile(os.path.expanduser(spec.target), where)
+    except OSError:
+        return False
+    return same_file and spec.qual == cls.__qualname__
 
 
 def _attribute(module: Any, qual: str) -> Any:
