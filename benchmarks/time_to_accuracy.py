@@ -31,7 +31,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = ("startup_s", "data_s", "compile_s", "train_s", "eval_s", "plots_s", "wall_s")
 # Accuracy each config is built to reach; the others are held to --target's default.
-DEFAULT_TARGETS = {"linear": 0.92, "fast_cnn": 0.99, "cnn": 0.992}
+DEFAULT_TARGETS = {
+    "linear": 0.92,
+    "fast_cnn": 0.99,
+    "cnn": 0.992,
+    "lenet5": 0.9905,
+    "best_cnn": 0.996,
+}
 
 
 def shipped_configs() -> list[str]:
