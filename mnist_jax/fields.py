@@ -220,7 +220,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "eval_train_examples",
         10_000,
         Int(0),
-        "Train examples scored each period (a fixed subset; 0: all).",
+        "Train examples scored each period and at the end (a fixed subset; 0: all).",
     ),
     F(
         "checkpoint_every_steps",

@@ -1,6 +1,6 @@
 """The members that train together in one program, and what the driver does to them between
 two chunks: evaluate and log a period, save checkpoints, drop a diverged member, and at the
-end score every member on its full splits and write its results.json.
+end score every member (validation and test in full) and write its results.json.
 
 Their train states are stacked on a leading member axis (`Placement.stack_members`); their
 data is put on the device(s) once. A single run is a group of one member.
@@ -238,8 +238,9 @@ def log_period(g: Group, step: int, examples_per_sec: float) -> None:
 
 
 def final_outcomes(g: Group) -> list[Outcome]:
-    """Scores every live member on its full splits and writes its results.json; a diverged
-    member's outcome is its divergence."""
+    """Scores every live member (validation and test in full, train on the periods' subset of
+    `eval_train_examples`) and writes its results.json; a diverged member's outcome is its
+    divergence."""
     out = []
     for k, m in enumerate(g.members):
         if k in g.diverged:
@@ -248,7 +249,7 @@ def final_outcomes(g: Group) -> list[Outcome]:
         state, ds = g.member_state(k), g.datasets[m.config.seed]
         v = step_lib.variables_of(state)
         final = {
-            "train": g.eval_split(v, g.p.put_eval(ds.train, m.config.eval_batch_size)),
+            "train": g.eval_split(v, g.splits[m.config.seed]["train"]),
             "validation": g.eval_split(v, g.splits[m.config.seed]["validation"]),
             "test": g.eval_split(v, g.test),
         }
