@@ -200,3 +200,15 @@ def test_each_config_trains_end_to_end(tmp_path, idx_dir, name):
     assert rows[-1]["step"] == results["num_steps"]
     for f in ("config.json", "results.json", "checkpoints"):
         assert (tmp_path / f).exists()
+
+
+@pytest.mark.parametrize("eval_train_examples", [0, 100, 10**6])
+def test_the_end_scores_the_periods_training_subset(tmp_path, idx_dir, eval_train_examples):
+    """Validation and test in full; train: eval_train_examples of them (0 or more: all)."""
+    c = small_config(idx_dir, "linear", num_steps=20, eval_train_examples=eval_train_examples)
+    results = train_results(c, tmp_path)
+    sizes = results["data_sizes"]
+    expected = min(eval_train_examples or sizes["train"], sizes["train"])
+    assert results["final"]["train"]["size"] == expected
+    assert results["final"]["validation"]["size"] == sizes["validation"]
+    assert results["final"]["test"]["size"] == sizes["test"]
