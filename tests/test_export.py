@@ -188,16 +188,26 @@ def _bad_targets(tmp_path, runs):
     ]
 
 
+# One case of each kind through the command line (a missing workdir, an unfinished run, a link,
+# the run's own file, another run's file): the command turns export_run's refusal into its one
+# line, whatever the case; each process costs seconds of imports, so the others call export_run.
+_THROUGH_THE_CLI = (0, 2, 4, 7, 12)
+
+
 def test_bad_inputs_are_one_error_line_and_write_nothing(tmp_path, runs):
     cases = _bad_targets(tmp_path, runs)
     runs_dirs = [r.workdir for r in runs.values()]
     before = snapshot(tmp_path), [snapshot(w) for w in runs_dirs]
-    for workdir, out, message in cases:
-        proc = subprocess.run(
-            [sys.executable, "-m", "mnist_jax.export", f"--workdir={workdir}", f"--out={out}"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert message in one_error_line(proc.returncode, proc.stderr), (workdir, out)
+    for i, (workdir, out, message) in enumerate(cases):
+        with pytest.raises(UserError) as refused:
+            export.export_run(str(workdir), str(out))  # As the command passes its flags.
+        assert message in str(refused.value), (workdir, out)
+        if i in _THROUGH_THE_CLI:
+            proc = subprocess.run(
+                [sys.executable, "-m", "mnist_jax.export", f"--workdir={workdir}", f"--out={out}"],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert message in one_error_line(proc.returncode, proc.stderr), (workdir, out)
     assert (snapshot(tmp_path), [snapshot(w) for w in runs_dirs]) == before
 
 

@@ -62,7 +62,7 @@ def _one_error_line(proc) -> str:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, idx_dir):
-    """One uninterrupted 2,000-step run that every interrupted trial must reproduce."""
+    """One uninterrupted 1,200-step run that every interrupted trial must reproduce."""
     workdir = tmp_path_factory.mktemp("reference")
     proc = _run(_args(idx_dir, workdir, *_LONG))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,10 +70,11 @@ def reference(tmp_path_factory, idx_dir):
 
 
 # An evaluation every 20 steps, a checkpoint every 40, one jitted call per 10 steps: many
-# places for a signal to land.
+# places for a signal to land. Two metric rows per evaluation: the latest signal (row 58, about
+# step 580) still leaves 600 steps and 15 checkpoints to run, so it lands mid-run.
 _LONG = [
-    "--config.num_steps=2000",
-    "--config.num_periods=100",
+    "--config.num_steps=1200",
+    "--config.num_periods=60",
     "--config.checkpoint_every_steps=40",
     "--config.steps_per_call=10",
 ]

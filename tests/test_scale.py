@@ -66,11 +66,18 @@ def assert_same_metrics(a, b):
         assert abs(ra["accuracy"] - rb["accuracy"]) <= 0.002
 
 
-def test_eight_devices_match_one(tmp_path, idx_dir):
-    _run(_args(idx_dir, tmp_path / "one"), 1)
+@pytest.fixture(scope="module")
+def on_one_device(tmp_path_factory, idx_dir) -> Path:
+    """The run of `_args` on 1 device, that each other device count must match (read only)."""
+    workdir = tmp_path_factory.mktemp("one_device") / "run"
+    _run(_args(idx_dir, workdir), 1)
+    return workdir
+
+
+def test_eight_devices_match_one(tmp_path, idx_dir, on_one_device):
     proc = _run(_args(idx_dir, tmp_path / "eight"), 8)
     assert "on 8 device(s)" in proc.stderr
-    assert_same_metrics(tmp_path / "one" / "metrics.jsonl", tmp_path / "eight" / "metrics.jsonl")
+    assert_same_metrics(on_one_device / "metrics.jsonl", tmp_path / "eight" / "metrics.jsonl")
 
 
 READ = """
@@ -113,20 +120,21 @@ def test_a_checkpoint_written_on_any_device_count_is_read_on_any(tmp_path, idx_d
 
 
 @pytest.mark.parametrize("written_on, resumed_on", [(8, 2), (2, 1)])
-def test_a_run_resumes_on_another_device_count(tmp_path, idx_dir, written_on, resumed_on):
+def test_a_run_resumes_on_another_device_count(
+    tmp_path, idx_dir, on_one_device, written_on, resumed_on
+):
     """Half a run on one device count, the rest on another: the parameters and the final
     scores of the whole run on 1 device, within float tolerance (data parallelism only
     changes the order of float sums)."""
-    _run(_args(idx_dir, tmp_path / "straight"), 1)
     _run(_args(idx_dir, tmp_path / "moved", "--config.num_steps=45"), written_on)
     proc = _run(_args(idx_dir, tmp_path / "moved"), resumed_on)
     assert "resumed from" in proc.stderr
-    moved, straight = (params_of(tmp_path / w) for w in ("moved", "straight"))
+    moved, straight = (params_of(w) for w in (tmp_path / "moved", on_one_device))
     for a, b in zip(jax.tree_util.tree_leaves(moved), jax.tree_util.tree_leaves(straight),
                     strict=True):  # fmt: skip
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-    finals = [json.loads((tmp_path / w / "results.json").read_text())["final"]["test"]
-              for w in ("moved", "straight")]  # fmt: skip
+    finals = [json.loads((w / "results.json").read_text())["final"]["test"]
+              for w in (tmp_path / "moved", on_one_device)]  # fmt: skip
     np.testing.assert_allclose(finals[0]["log_loss"], finals[1]["log_loss"], rtol=1e-4)
     assert abs(finals[0]["accuracy"] - finals[1]["accuracy"]) <= 0.002
 

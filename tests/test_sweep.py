@@ -112,7 +112,9 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_members(tmp_path, idx_di
         sys.executable, "-m", "mnist_jax.sweep", "--config=configs/linear.py",
         "--config.data.source=idx", f"--config.data.dir={idx_dir}",
         "--config.data.validation_size=200", "--config.batch_size=20",
-        "--config.num_steps=3000", "--config.num_periods=30", "--config.steps_per_call=20",
+        # An evaluation every 100 steps; the signal lands at the third (step 300), and 1,500
+        # steps are left to run: it stops the sweep mid-run even on a loaded machine.
+        "--config.num_steps=1800", "--config.num_periods=18", "--config.steps_per_call=20",
         "--config.tensorboard=False", "--config.plots=False",
         "--sweep=optimizer.learning_rate=0.05,0.2",
     ]  # fmt: skip
