@@ -23,7 +23,8 @@ shearing) drawn once and added to the 60,000 originals, here each step draws a n
 shift of each image of its batch on the device (no scaling, squeezing or shearing, no
 undistorted copies); the last 5,000 training images are held out for validation (the paper
 trains on all 60,000). conv_impl auto trains with conv.py's cpu form on CPU (slices for C1's one
-input channel, vjp for C3); the figures above were measured with the slices form for both.
+input channel, vjp for C3); the figures under load above were measured with the slices form
+for both, the quiet one with the cpu form.
 """
 
 from mnist_jax import config as base
