@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -520,8 +521,14 @@ def test_ctrl_c_during_a_model_files_import_in_mj_train_leaves_the_process_ready
     net, wd = _write(tmp_path / "net.py", ctrl_c), tmp_path / "run"
     config = _small(idx_dir, **{"model.name": f"{net}:Net"})
     monkeypatch.setenv("HANG_MARK", str(tmp_path / "mark"))
-    with pytest.raises(KeyboardInterrupt):
-        mj.train(config, wd, progress=False)
+    # Python's own Ctrl-C handler, as in a notebook or REPL (pytest-xdist's workers ignore
+    # SIGINT, which would leave the file's loop running for ever).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mj.train(config, wd, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "mark").exists() and not wd.exists()
     assert own.MODULE_PREFIX + own.file_sha256(str(net))[:16] not in sys.modules
     monkeypatch.delenv("HANG_MARK")
