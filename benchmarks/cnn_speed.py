@@ -228,6 +228,28 @@ def in_process(args, header: dict) -> None:
                 print(json.dumps(row), flush=True)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every list flag names known entries and every count fits, before anything is timed:
+    else one `error:` line and exit 1."""
+    chosen = {"nets": args.nets.split(","), "forms": args.forms, "pools": args.pools,
+              "xla_settings": list(filter(None, args.xla_settings.split(",")))}  # fmt: skip
+    known = {"nets": NETS, "forms": FORMS, "pools": ("max_pool2", "reduce_window"),
+             "xla_settings": XLA_SETTINGS}  # fmt: skip
+    for flag, names in chosen.items():
+        for name in names:
+            if name not in known[flag]:
+                sys.exit(f"error: --{flag}: {name!r} is not one of {', '.join(known[flag])}")
+    for name in args.dtypes:
+        if name not in ("float32", "bfloat16", "float16"):
+            sys.exit(f"error: --dtypes: {name!r} is not one of float32, bfloat16, float16")
+    if not all(b.strip().isdigit() and int(b) > 0 for b in args.batch_sizes.split(",")):
+        sys.exit(f"error: --batch_sizes={args.batch_sizes}: must be positive ints")
+    for flag, value, least in (("steps", args.steps, 1), ("repeats", args.repeats, 1),
+                               ("forward_batches", args.forward_batches, 0)):  # fmt: skip
+        if value < least:
+            sys.exit(f"error: --{flag}={value}: must be at least {least}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
@@ -247,11 +269,7 @@ def main() -> None:
     args.forms, args.dtypes, args.pools = (
         a.split(",") for a in (args.forms, args.dtypes, args.pools)
     )
-    if bad := set(args.pools) - {"max_pool2", "reduce_window"}:
-        sys.exit(f"error: --pools: {sorted(bad)} not in max_pool2, reduce_window")
-    for name in filter(None, args.xla_settings.split(",")):
-        if name not in XLA_SETTINGS:
-            sys.exit(f"error: --xla_settings: {name!r} is not one of {', '.join(XLA_SETTINGS)}")
+    check_args(args)
     if args.quick:
         args.nets, args.steps, args.repeats, args.batch_sizes = "tuomaso", 2, 1, "8"
         args.forward_batches = 1

@@ -233,12 +233,15 @@ def split_config_args(
 ) -> tuple[list[str], Any]:
     """(argv without the `--config.FIELD=VALUE` overrides, the validated config); the typed
     overrides go into `overrides` when given. The file is named by `--config=NAME_OR_PATH` (a
-    shipped name or a path); of a repeated override the last wins; a scalar for a tuple field
-    is a one-tuple; an unknown field is an error."""
+    shipped name or a path; two different files are an error); of a repeated override the last
+    wins; a scalar for a tuple field is a one-tuple; an unknown field is an error."""
     from mnist_jax import config as config_lib
 
     argv = _joined_config_flag(argv)
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), None)
+    specs = [a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))]
+    if len(set(specs)) > 1:  # Neither file silently wins.
+        raise UserError(f"--config is given {len(specs)} times ({', '.join(specs)}); give one")
+    spec = specs[0] if specs else None
     if spec is None:  # Overrides alone (plot, predict, eval) apply to the base config.
         if not any(_override_name(a) for a in argv):
             return argv, None

@@ -96,6 +96,11 @@ def _shown(item: str) -> str:
         return repr(item)
 
 
+def spec_field(spec: str) -> str:
+    """The field a --sweep spec ('field=v1,v2') names, as every reader of a spec reads it."""
+    return spec.split("=", 1)[0].strip()
+
+
 def members(
     config: ml_collections.ConfigDict, specs: list[str], workdir: str | Path = "."
 ) -> list[driver.Member]:
@@ -105,10 +110,10 @@ def members(
     for spec in specs:
         if "=" not in spec:
             raise UserError(f"--sweep {spec!r}: expected field=value1,value2,...")
-        field, text = spec.split("=", 1)
-        if field.strip() in [f for f, _ in axes]:
-            raise UserError(f"--sweep {field.strip()} is given twice; list its values once")
-        axes.append((field.strip(), parse_values(field.strip(), text, config)))
+        field, text = spec_field(spec), spec.split("=", 1)[1]
+        if field in [f for f, _ in axes]:
+            raise UserError(f"--sweep {field} is given twice; list its values once")
+        axes.append((field, parse_values(field, text, config)))
     out = []
     for combo in itertools.product(*(vals for _, vals in axes)):
         overrides = dict(zip((f for f, _ in axes), combo, strict=True))
@@ -180,7 +185,7 @@ def run_sweep(
             rows = _table(all_members, mine)
             if rows:
                 _write_tables(rows, sweep_dir)
-                fields = [f.split("=")[0] for f in specs]
+                fields = [spec_field(f) for f in specs]
                 plot.plot_sweep(rows, workdir, fields, kernels=kernels)
     finally:
         sweep_dir.unlock()
@@ -305,9 +310,10 @@ def main(argv: list[str], overrides: dict[str, Any]) -> None:
     specs = list(f.sweep or []) or list(config.get("sweep", ()))
     if not specs:
         raise UserError("nothing to sweep: pass --sweep='field=v1,v2' (or set config.sweep)")
-    swept = {spec.split("=", 1)[0].strip() for spec in specs}
+    swept = {spec_field(spec) for spec in specs}
+    where = "--sweep" if f.sweep else "the config's sweep"
     for field in sorted(swept & set(overrides)):  # The config is already overridden: say so.
-        raise UserError(f"{field} is given by both --config.{field} and --sweep; give it once")
+        raise UserError(f"{field} is given by both --config.{field} and {where}; give it once")
     shard = (0, 1) if f.shard is None else check_shard(f.shard)
     if f.max_parallel < 1:
         raise UserError(f"--max_parallel={f.max_parallel}: must be positive")

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, one_error_line
 
 
 def test_throughput_quick_mode_prints_json_lines():
@@ -112,3 +114,16 @@ def test_cnn_speed_refuses_an_unknown_xla_setting_in_one_line():
         timeout=120,
     )
     assert proc.returncode != 0 and proc.stderr.startswith("error: --xla_settings: 'fastest'")
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--nets=nope", "--forms=slices,bogus", "--pools=", "--dtypes=int8", "--batch_sizes=8,0",
+     "--steps=0", "--repeats=-1", "--forward_batches=-2"],
+)  # fmt: skip
+def test_cnn_speed_refuses_a_bad_flag_in_one_line_before_timing(flag):
+    """An unknown net/form/pool/dtype or a count out of range: one error line, no traceback."""
+    proc = subprocess.run([sys.executable, "benchmarks/cnn_speed.py", flag], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert flag.split("=")[0] in one_error_line(proc.returncode, proc.stderr)
+    assert proc.stdout == ""  # Nothing was timed.

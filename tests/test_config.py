@@ -205,3 +205,19 @@ def _error(call) -> str:
     with pytest.raises(UserError) as e:
         call()
     return str(e.value)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    first=st.sampled_from(["dnn", "linear", "configs/cnn.py"]),
+    second=st.sampled_from(["dnn", "linear", "configs/cnn.py"]),
+    spelling=st.sampled_from(["--config={}", "-config={}", "--config {}"]),
+)
+def test_two_config_files_are_an_error_not_a_silent_first_win(first, second, spelling):
+    """--config=A ... --config=B: neither file is silently dropped (the first once won)."""
+    argv = ["prog", f"--config={first}", "--workdir=w", *spelling.format(second).split(" ")]
+    if first == second:
+        assert cli.split_config_args(argv)[1] is not None
+    else:
+        with pytest.raises(UserError, match=r"--config is given 2 times .*; give one"):
+            cli.split_config_args(argv)

@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mnist_jax import evaluate, metrics, sweep
 from mnist_jax.errors import UserError
@@ -270,3 +270,31 @@ def test_a_field_given_by_both_config_and_sweep_is_one_error(idx_dir, tmp_path, 
     line = one_error_line(proc.returncode, proc.stderr)
     assert f"{field} is given by both --config.{field} and --sweep" in line
     assert not workdir.exists()
+
+
+def test_the_config_files_own_sweep_is_named_in_the_conflict(idx_dir, tmp_path):
+    """sweep_args sets --config.batch_size; configs/linear_sweep.py's own sweep sweeps it."""
+    workdir = tmp_path / "sweep"
+    args = [a.replace("configs/linear.py", "configs/linear_sweep.py")
+            for a in sweep_args(idx_dir, workdir)]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc.returncode, proc.stderr)
+    assert "batch_size is given by both --config.batch_size and the config's sweep" in line
+    assert not workdir.exists()
+
+
+_PAD = st.text(alphabet=" \t", max_size=2)
+
+
+@settings(max_examples=3, deadline=None)
+@given(before=_PAD, after=_PAD)
+def test_a_spec_field_padded_with_whitespace_is_that_field_everywhere(
+    idx_dir, tmp_path_factory, before, after
+):
+    """Members, tables and figure read 'seed' from ' seed =0,1' alike (the figure once raised
+    KeyError: ' seed ' after every member had trained)."""
+    c = small_config(idx_dir, "linear", num_steps=4, num_periods=1)
+    workdir = tmp_path_factory.mktemp("padded")
+    rows = sweep.run_sweep(c, workdir, [f"{before}seed{after}=0,1"], progress=False)
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert (workdir / "sweep.png").is_file()
